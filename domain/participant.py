@@ -1,0 +1,454 @@
+"""The Participant aggregate (architecture decision 1).
+
+It records every accepted clinical event of one participant, ignores a repeated
+``event_id``, keeps the clinical timeline (with corrections and voids applied) and
+derives the safety events of the contract from it with the pure grading functions.
+
+Derivation is re-run over the whole timeline after each recorded event and compared
+with what was already published, so the result does not depend on how events were
+batched, and a late or corrected record that changes the past yields
+``grade.revised`` (reference §0.4).
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, ClassVar, cast
+from uuid import NAMESPACE_URL, UUID, uuid5
+
+from eventsourcing.domain import Aggregate
+from pydantic import BaseModel, ValidationError
+
+from domain.contract import (
+    DATA_MODELS,
+    ClinicalEvent,
+    InfusionAdministered,
+    ParticipantEnrolled,
+    RecordCorrected,
+    RecordVoided,
+    SafetyEvent,
+)
+from domain.crs import CRSChange, CRSDerivation, derive_crs
+from domain.protocol import ProtocolParameters, study_day
+from domain.timeline import AdjudicationQuestion, TimelineEntry
+
+NAMESPACE = uuid5(NAMESPACE_URL, "https://toxwatch.example/ns")
+
+
+def participant_aggregate_id(trial_id: str, participant_id: str) -> UUID:
+    """Deterministic aggregate id of a participant record."""
+    return uuid5(NAMESPACE, f"participant/{trial_id}/{participant_id}")
+
+
+class SafetyEventRecorded(Aggregate.Event):
+    """Base of every derived safety event (contract §3) an aggregate records."""
+
+    contract_type: ClassVar[str]
+    trial_id: str
+    participant_id: str
+    dose_level: str | None
+    effective_at: datetime
+    caused_by: list[str]
+    data: dict[str, Any]
+
+    def to_contract(self) -> SafetyEvent:
+        return SafetyEvent(
+            event_id=str(uuid5(cast(UUID, self.originator_id), str(self.originator_version))),
+            type=self.contract_type,
+            trial_id=self.trial_id,
+            participant_id=self.participant_id,
+            dose_level=self.dose_level,
+            effective_at=self.effective_at,
+            recorded_at=self.timestamp,
+            caused_by=self.caused_by,
+            data=self.data,
+        )
+
+
+_Published = tuple[datetime, int, int]  # (effective_at, episode, grade)
+
+
+def _grade_from(points: list[_Published], at: datetime) -> int:
+    index = bisect.bisect_right(points, (at, 10**9, 10**9))
+    return points[index - 1][2] if index else 0
+
+
+def _put_point(points: list[_Published], point: _Published) -> None:
+    index = bisect.bisect_left(points, (point[0], -1, -1))
+    while index < len(points) and points[index][0] == point[0]:
+        del points[index]
+    points.insert(index, point)
+
+
+class Participant(Aggregate):
+    """One trial participant's safety record."""
+
+    class Registered(Aggregate.Created):
+        trial_id: str
+        participant_id: str
+        site_id: str
+        parameters: dict[str, Any]
+
+    class ClinicalEventRecorded(Aggregate.Event):
+        event: dict[str, Any]
+        received_at: datetime
+
+        def apply(self, aggregate: Aggregate) -> None:
+            cast(Participant, aggregate).apply_recorded(self.event, self.received_at)
+
+    class CRSGraded(SafetyEventRecorded):
+        contract_type = "crs.graded"
+
+        def apply(self, aggregate: Aggregate) -> None:
+            point = (self.effective_at, self.data["episode"], self.data["grade"])
+            _put_point(cast(Participant, aggregate).published_crs, point)
+
+    class CRSResolved(SafetyEventRecorded):
+        contract_type = "crs.resolved"
+
+        def apply(self, aggregate: Aggregate) -> None:
+            resolved = cast(Participant, aggregate).published_resolutions
+            resolved[self.data["episode"]] = self.data["resolved_at"]
+
+    class GradeRevised(SafetyEventRecorded):
+        contract_type = "grade.revised"
+
+        def apply(self, aggregate: Aggregate) -> None:
+            participant = cast(Participant, aggregate)
+            if self.data["term"] != "CRS":
+                return
+            if self.data.get("resolution_withdrawn"):
+                participant.published_resolutions.pop(self.data["episode"], None)
+            point = (self.effective_at, self.data["episode"], self.data["to_grade"])
+            _put_point(participant.published_crs, point)
+
+    class AdjudicationRequested(SafetyEventRecorded):
+        contract_type = "adjudication.requested"
+
+        def apply(self, aggregate: Aggregate) -> None:
+            cast(Participant, aggregate).published_questions.add(self.data["key"])
+
+    def __init__(
+        self, trial_id: str, participant_id: str, site_id: str, parameters: dict[str, Any]
+    ) -> None:
+        self.trial_id = trial_id
+        self.participant_id = participant_id
+        self.site_id = site_id
+        self.parameters = ProtocolParameters.model_validate(parameters)
+        self.entries: list[TimelineEntry] = []
+        self.seen: set[str] = set()
+        self.corrections: dict[str, RecordCorrected] = {}
+        self.voided: set[str] = set()
+        self.horizon: datetime | None = None
+        self.published_crs: list[_Published] = []
+        self.published_resolutions: dict[int, str] = {}
+        self.published_questions: set[str] = set()
+        self.wake_at: datetime | None = None
+
+    @classmethod
+    def open(
+        cls, trial_id: str, participant_id: str, site_id: str, parameters: ProtocolParameters
+    ) -> Participant:
+        return cls._create(
+            cls.Registered,
+            id=participant_aggregate_id(trial_id, participant_id),
+            trial_id=trial_id,
+            participant_id=participant_id,
+            site_id=site_id,
+            parameters=parameters.model_dump(mode="json"),
+        )
+
+    # ------------------------------------------------------------------ commands
+
+    def record(self, event: ClinicalEvent, received_at: datetime) -> bool:
+        """Record an accepted clinical event and derive what follows from it.
+
+        Returns False, recording nothing, for a repeated ``event_id`` and for a
+        clock tick that no pending time-based rule is waiting for.
+        """
+        if event.event_id in self.seen:
+            return False
+        if event.type == "clock.ticked" and (
+            self.wake_at is None or event.occurred_at < self.wake_at
+        ):
+            return False
+        horizon_before = self.horizon
+        self.trigger_event(
+            self.ClinicalEventRecorded, event=event.to_wire(), received_at=received_at
+        )
+        self._derive(event, horizon_before)
+        return True
+
+    # ------------------------------------------------------------------ state
+
+    def apply_recorded(self, wire: dict[str, Any], received_at: datetime) -> None:
+        event_type = wire["type"]
+        at = datetime.fromisoformat(wire["occurred_at"])
+        data = DATA_MODELS[event_type].model_validate(wire["data"], strict=False)
+        entry = TimelineEntry(wire["event_id"], event_type, at, data, len(self.entries))
+        self.entries.append(entry)
+        self.seen.add(entry.event_id)
+        if self.horizon is None or at > self.horizon:
+            self.horizon = at
+        if isinstance(data, RecordCorrected):
+            self.corrections[data.corrects_event_id] = data
+        elif isinstance(data, RecordVoided):
+            self.voided.add(data.voids_event_id)
+
+    def effective_timeline(self) -> tuple[list[TimelineEntry], list[AdjudicationQuestion]]:
+        """The timeline with corrections and voids applied, and questions about
+        corrections that cannot be applied."""
+        timeline: list[TimelineEntry] = []
+        questions: list[AdjudicationQuestion] = []
+        by_id = {entry.event_id: entry for entry in self.entries}
+        for target_id in sorted(set(self.corrections) | self.voided):
+            if target_id not in by_id:
+                questions.append(
+                    AdjudicationQuestion(
+                        key=f"unknown-target:{target_id}",
+                        at=self.horizon or datetime.min,
+                        question=f"A correction or void names event {target_id}, "
+                        "which this participant's record does not hold.",
+                        target={"kind": "event", "id": target_id},
+                        evidence=(target_id,),
+                    )
+                )
+        for entry in self.entries:
+            if entry.event_id in self.voided or entry.type in ("record.corrected", "record.voided"):
+                continue
+            correction = self.corrections.get(entry.event_id)
+            if correction is not None:
+                try:
+                    data: BaseModel = DATA_MODELS[entry.type].model_validate(
+                        correction.data, strict=False
+                    )
+                except ValidationError as error:
+                    questions.append(
+                        AdjudicationQuestion(
+                            key=f"invalid-correction:{entry.event_id}",
+                            at=entry.at,
+                            question=f"The correction of {entry.event_id} is not valid "
+                            f"{entry.type} data and was not applied: "
+                            f"{error.errors()[0]['msg']}",
+                            target={"kind": "event", "id": entry.event_id},
+                            evidence=(entry.event_id,),
+                        )
+                    )
+                else:
+                    entry = TimelineEntry(entry.event_id, entry.type, entry.at, data, entry.seq)
+            timeline.append(entry)
+        return timeline, questions
+
+    @staticmethod
+    def dose_level_in(timeline: list[TimelineEntry]) -> str | None:
+        """The dose level given at infusion, else the one assigned at enrolment."""
+        dose_level = None
+        for entry in timeline:
+            if isinstance(entry.data, InfusionAdministered | ParticipantEnrolled):
+                dose_level = entry.data.dose_level
+        return dose_level
+
+    # ------------------------------------------------------------------ derivation
+
+    def _derive(self, cause: ClinicalEvent, horizon_before: datetime | None) -> None:
+        timeline, questions = self.effective_timeline()
+        infusion = next((e for e in timeline if e.type == "infusion.administered"), None)
+        infusion_at = infusion.at if infusion is not None else None
+        as_of = self.horizon or cause.occurred_at
+        crs = derive_crs(timeline, self.parameters.crs, infusion_at=infusion_at, as_of=as_of)
+        context = _Context(
+            dose_level=self.dose_level_in(timeline),
+            infusion_at=infusion_at,
+            day_zero_is_infusion_day=self.parameters.day_zero_is_infusion_day,
+            because=_because(cause),
+            cause_id=cause.event_id,
+        )
+        published_before = list(self.published_crs)
+        self._publish_revisions(crs, context, horizon_before)
+        self._publish_changes(crs, context, published_before)
+        self._publish_resolutions(crs, context)
+        self._publish_questions([*questions, *crs.questions], context)
+        self.wake_at = crs.next_wake_at
+
+    def _emit(
+        self,
+        event_class: type[SafetyEventRecorded],
+        context: _Context,
+        effective_at: datetime,
+        caused_by: list[str],
+        data: dict[str, Any],
+    ) -> None:
+        self.trigger_event(
+            event_class,
+            trial_id=self.trial_id,
+            participant_id=self.participant_id,
+            dose_level=context.dose_level,
+            effective_at=effective_at,
+            caused_by=caused_by,
+            data=data,
+        )
+
+    def _publish_revisions(
+        self, crs: CRSDerivation, context: _Context, horizon_before: datetime | None
+    ) -> None:
+        if horizon_before is None:
+            return
+        old = list(self.published_crs)
+        instants = sorted({p[0] for p in old} | {c.at for c in crs.changes})
+        previous_pair: tuple[int, int] | None = None
+        for at in instants:
+            if at >= horizon_before:
+                break
+            pair = (_grade_from(old, at), crs.grade_at(at))
+            if pair[0] != pair[1] and pair != previous_pair:
+                self._emit(
+                    self.GradeRevised,
+                    context,
+                    at,
+                    [context.cause_id],
+                    {
+                        "term": "CRS",
+                        "from_grade": pair[0],
+                        "to_grade": pair[1],
+                        "because": context.because,
+                        "episode": _episode_at(crs.changes, at),
+                    },
+                )
+            previous_pair = pair
+        for episode, resolved_at in sorted(self.published_resolutions.items()):
+            still = next((e for e in crs.episodes if e.number == episode), None)
+            if still is None or still.resolved_at is None:
+                at = datetime.fromisoformat(resolved_at)
+                self._emit(
+                    self.GradeRevised,
+                    context,
+                    at,
+                    [context.cause_id],
+                    {
+                        "term": "CRS",
+                        "from_grade": 0,
+                        "to_grade": crs.grade_at(at),
+                        "because": context.because,
+                        "episode": episode,
+                        "resolution_withdrawn": True,
+                    },
+                )
+
+    def _publish_changes(
+        self, crs: CRSDerivation, context: _Context, published_before: list[_Published]
+    ) -> None:
+        """Emit each change point not published before; ``previous_grade`` is what was
+        published for that moment until now."""
+        believed = list(published_before)
+        for change in crs.changes:
+            point = (change.at, change.episode, change.grade)
+            index = bisect.bisect_left(published_before, point)
+            if index < len(published_before) and published_before[index] == point:
+                continue
+            previous_grade = _grade_from(believed, change.at)
+            _put_point(believed, point)
+            self._emit(
+                self.CRSGraded,
+                context,
+                change.at,
+                list(change.caused_by),
+                _crs_graded_data(change, previous_grade, context),
+            )
+
+    def _publish_resolutions(self, crs: CRSDerivation, context: _Context) -> None:
+        for episode in crs.episodes:
+            if episode.resolved_at is None:
+                continue
+            resolved_at = episode.resolved_at.isoformat()
+            if self.published_resolutions.get(episode.number) == resolved_at:
+                continue
+            hours = (episode.resolved_at - episode.onset_at).total_seconds() / 3600
+            self._emit(
+                self.CRSResolved,
+                context,
+                episode.resolved_at,
+                list(episode.onset_caused_by),
+                {
+                    "episode": episode.number,
+                    "max_grade": episode.max_grade,
+                    "onset_at": episode.onset_at.isoformat(),
+                    "resolved_at": resolved_at,
+                    "duration_hours": round(hours, 2),
+                    "criteria": "ASTCT-2019",
+                    "resolution_rule": (
+                        f"afebrile, no hypotension, off vasopressors and oxygen for "
+                        f"{self.parameters.crs.resolution_hours:g} h"
+                    ),
+                },
+            )
+
+    def _publish_questions(
+        self, questions: list[AdjudicationQuestion], context: _Context
+    ) -> None:
+        for question in questions:
+            if question.key in self.published_questions:
+                continue
+            self._emit(
+                self.AdjudicationRequested,
+                context,
+                question.at,
+                list(question.evidence),
+                {
+                    "key": question.key,
+                    "question": question.question,
+                    "target": dict(question.target),
+                    "evidence": list(question.evidence),
+                },
+            )
+
+
+@dataclass(frozen=True)
+class _Context:
+    dose_level: str | None
+    infusion_at: datetime | None
+    day_zero_is_infusion_day: bool
+    because: str
+    cause_id: str
+
+    def study_day(self, at: datetime) -> int | None:
+        if self.infusion_at is None:
+            return None
+        return study_day(at, self.infusion_at, day_zero_is_infusion_day=self.day_zero_is_infusion_day)
+
+
+def _because(cause: ClinicalEvent) -> str:
+    return {"record.corrected": "correction", "record.voided": "void"}.get(cause.type, "late_data")
+
+
+def _episode_at(changes: tuple[CRSChange, ...], at: datetime) -> int:
+    episode = 0
+    for change in changes:
+        if change.at > at:
+            break
+        episode = change.episode
+    return episode
+
+
+def _crs_graded_data(change: CRSChange, previous_grade: int, context: _Context) -> dict[str, Any]:
+    basis = change.basis
+    data: dict[str, Any] = {
+        "episode": change.episode,
+        "grade": change.grade,
+        "previous_grade": previous_grade,
+        "provisional": change.provisional,
+        "criteria": "ASTCT-2019",
+        "basis": {
+            "fever_c": basis.fever_c,
+            "fever_waived_by": basis.fever_waived_by,
+            "hypotension": basis.hypotension,
+            "hypoxia": basis.hypoxia,
+            "vasopressors": list(basis.vasopressors),
+            "oxygen_device": basis.oxygen_device,
+            "flow_l_min": basis.flow_l_min,
+        },
+        "explanation": basis.explain(change.grade),
+        "study_day": context.study_day(change.at),
+    }
+    return data

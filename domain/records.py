@@ -1,0 +1,123 @@
+"""Aggregates that keep the ingest itself on the record."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from datetime import datetime
+from typing import Any
+from uuid import UUID, uuid5
+
+from eventsourcing.domain import Aggregate, event
+
+from domain.contract import ClinicalEvent, RejectionError
+from domain.participant import NAMESPACE
+
+
+class PartitionRoster(Aggregate):
+    """The participants whose events arrive on one partition of the inbound topic.
+
+    A ``clock.ticked`` written to that partition applies to each of them (contract §2).
+    """
+
+    @staticmethod
+    def id_for(topic: str, partition: int) -> UUID:
+        return uuid5(NAMESPACE, f"roster/{topic}/{partition}")
+
+    @event("Opened")
+    def __init__(self, topic: str, partition: int) -> None:
+        self.topic = topic
+        self.partition = partition
+        self.members: list[tuple[str, str]] = []
+        self.member_set: set[tuple[str, str]] = set()
+
+    @staticmethod
+    def create_id(topic: str, partition: int) -> UUID:
+        return PartitionRoster.id_for(topic, partition)
+
+    @event("ParticipantJoined")
+    def join(self, trial_id: str, participant_id: str) -> None:
+        self.members.append((trial_id, participant_id))
+        self.member_set.add((trial_id, participant_id))
+
+
+class IngestLedger(Aggregate):
+    """Every message one partition delivered that failed validation, kept with its
+    reason and its exact bytes, so that nothing sent is ever lost (contract §4)."""
+
+    @staticmethod
+    def id_for(topic: str, partition: int) -> UUID:
+        return uuid5(NAMESPACE, f"ledger/{topic}/{partition}")
+
+    @event("Opened")
+    def __init__(self, topic: str, partition: int) -> None:
+        self.topic = topic
+        self.partition = partition
+        self.rejected = 0
+
+    @staticmethod
+    def create_id(topic: str, partition: int) -> UUID:
+        return IngestLedger.id_for(topic, partition)
+
+    class MessageRejected(Aggregate.Event):
+        topic: str
+        partition: int
+        offset: int
+        key_b64: str | None
+        value_b64: str
+        sha256: str
+        size: int
+        error: dict[str, Any]
+        received_at: datetime
+
+        def apply(self, aggregate: Aggregate) -> None:
+            aggregate.rejected += 1  # type: ignore[attr-defined]
+
+    def reject(
+        self,
+        offset: int,
+        key: bytes | None,
+        value: bytes | None,
+        error: RejectionError,
+        received_at: datetime,
+    ) -> None:
+        raw = value or b""
+        self.trigger_event(
+            self.MessageRejected,
+            topic=self.topic,
+            partition=self.partition,
+            offset=offset,
+            key_b64=base64.b64encode(key).decode() if key is not None else None,
+            value_b64=base64.b64encode(raw).decode(),
+            sha256=hashlib.sha256(raw).hexdigest(),
+            size=len(raw),
+            error=error.model_dump(),
+            received_at=received_at,
+        )
+
+
+class TrialLog(Aggregate):
+    """Trial-level clinical events (committee decisions), recorded once each."""
+
+    @staticmethod
+    def id_for(trial_id: str) -> UUID:
+        return uuid5(NAMESPACE, f"trial-log/{trial_id}")
+
+    @event("Opened")
+    def __init__(self, trial_id: str) -> None:
+        self.trial_id = trial_id
+        self.seen: set[str] = set()
+
+    @staticmethod
+    def create_id(trial_id: str) -> UUID:
+        return TrialLog.id_for(trial_id)
+
+    def record(self, event: ClinicalEvent, received_at: datetime) -> bool:
+        if event.event_id in self.seen:
+            return False
+        self._recorded(event=event.to_wire(), received_at=received_at)
+        return True
+
+    @event("TrialEventRecorded")
+    def _recorded(self, event: dict[str, Any], received_at: datetime) -> None:
+        self.seen.add(event["event_id"])

@@ -1,0 +1,59 @@
+"""Runtime configuration from the environment (pydantic-settings).
+
+Embedded mode is the default: a SQLite store under ``TOXWATCH_DATA_DIR`` and the
+embedded broker. ``TOXWATCH_STORE=postgres`` with ``TOXWATCH_POSTGRES_*`` selects
+PostgreSQL; ``KAFKA_BOOTSTRAP_SERVERS`` selects an external Kafka.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TOXWATCH_", extra="ignore")
+
+    data_dir: Path = Path("data")
+    store: Literal["sqlite", "postgres"] = "sqlite"
+    sqlite_file: Path | None = None
+    postgres_host: str = "127.0.0.1"
+    postgres_port: int = 5432
+    postgres_dbname: str = "test"
+    postgres_user: str = "postgres"
+    postgres_password: str = ""
+    postgres_schema: str = "public"
+
+    kafka_bootstrap_servers: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "TOXWATCH_KAFKA_BOOTSTRAP_SERVERS"),
+    )
+    tansu_bin: Path | None = None
+    partitions: int = 4
+    clinical_topic: str = "toxwatch.clinical.v1"
+    rejected_topic: str = "toxwatch.clinical.v1.rejected"
+    safety_topic: str = "toxwatch.safety.v1"
+    alerts_topic: str = "toxwatch.alerts.v1"
+    consumer_group: str = "toxwatch-ingest"
+
+    batch_max_messages: int = 500
+    batch_max_wait_ms: int = 50
+    max_message_bytes: int = 256 * 1024
+    future_skew_seconds: float = 300.0
+    aggregate_cache_size: int = 10_000
+    relay_batch: int = 500
+    relay_poll_seconds: float = 0.2
+
+    metrics_port: int = 0
+    protocol_file: Path | None = None
+
+    @property
+    def sqlite_path(self) -> Path:
+        return self.sqlite_file or self.data_dir / "toxwatch.sqlite3"
+
+    @property
+    def topics(self) -> tuple[str, ...]:
+        return (self.clinical_topic, self.rejected_topic, self.safety_topic, self.alerts_topic)

@@ -1,0 +1,244 @@
+"""The SafetyMonitoring application: the ingest use case over the event store.
+
+``apply_batch`` validates a batch of inbound messages, applies the valid ones to
+their participants' records, keeps the invalid ones in the ingest ledger, and saves
+every new domain event together with each partition's Kafka position in one
+transaction (architecture decision 4). A message at or below a partition's tracked
+position was applied before and is skipped, so a redelivered batch changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, TypeVar
+from uuid import UUID
+
+from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.domain import Aggregate
+from eventsourcing.persistence import IntegrityError, Notification, Tracking
+
+from domain.contract import TRIAL_LEVEL_PARTICIPANT, ClinicalEvent, RejectionError, SafetyEvent
+from domain.participant import Participant, SafetyEventRecorded, participant_aggregate_id
+from domain.protocol import ProtocolParameters
+from domain.records import IngestLedger, PartitionRoster, TrialLog
+from domain.validation import ValidationLimits, validate_message
+from infra.store import TRACKINGS, kafka_tracking, partition_tracking_name
+
+log = logging.getLogger(__name__)
+A = TypeVar("A", bound=Aggregate)
+
+#: Stored-event topics of the derived safety events (what the relay publishes).
+SAFETY_EVENT_TOPICS = tuple(
+    f"{cls.__module__}:{cls.__qualname__}"
+    for cls in (
+        Participant.CRSGraded,
+        Participant.CRSResolved,
+        Participant.GradeRevised,
+        Participant.AdjudicationRequested,
+    )
+)
+REJECTION_TOPIC = f"{IngestLedger.MessageRejected.__module__}:{IngestLedger.MessageRejected.__qualname__}"
+MAX_ATTEMPTS = 5
+
+
+@dataclass(frozen=True)
+class InboundMessage:
+    """One message as the broker (or a JSONL file) delivered it."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    received_at: datetime
+
+
+@dataclass
+class BatchOutcome:
+    accepted_by_type: Counter[str] = field(default_factory=Counter)
+    rejected_by_code: Counter[str] = field(default_factory=Counter)
+    duplicates: int = 0
+    already_applied: int = 0
+    new_domain_events: int = 0
+    derived: list[SafetyEvent] = field(default_factory=list)
+    commit_seconds: float = 0.0
+    attempts: int = 1
+
+    @property
+    def accepted(self) -> int:
+        return sum(self.accepted_by_type.values())
+
+    @property
+    def rejected(self) -> int:
+        return sum(self.rejected_by_code.values())
+
+
+class SafetyMonitoring(Application[UUID]):
+    """Participant records and the ingest ledger, in one event store."""
+
+    name = "SafetyMonitoring"
+
+    def __init__(
+        self,
+        env: Mapping[str, str] | None = None,
+        *,
+        protocol: ProtocolParameters | None = None,
+        limits: ValidationLimits | None = None,
+    ) -> None:
+        super().__init__(env)
+        self.protocol = protocol or ProtocolParameters()
+        self.limits = limits or ValidationLimits()
+        self._positions: dict[tuple[str, int], int] = {}
+
+    # ------------------------------------------------------------------ ingest
+
+    def apply_batch(self, messages: Sequence[InboundMessage], *, now: datetime) -> BatchOutcome:
+        """Apply a batch in one transaction, retrying on a concurrent writer."""
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            try:
+                outcome = self._apply_once(messages, now)
+            except IntegrityError:
+                log.warning("concurrent write on batch (attempt %d): reloading", attempt)
+                self._forget_cached_state()
+                if attempt == MAX_ATTEMPTS:
+                    raise
+            else:
+                outcome.attempts = attempt
+                return outcome
+        raise AssertionError("unreachable")
+
+    def _apply_once(self, messages: Sequence[InboundMessage], now: datetime) -> BatchOutcome:
+        batch = _Batch(self)
+        outcome = BatchOutcome()
+        for message in messages:
+            if message.offset < self.next_offset(message.topic, message.partition):
+                outcome.already_applied += 1
+                continue
+            batch.position(message)
+            result = validate_message(message.value, now=now, limits=self.limits)
+            if isinstance(result, RejectionError):
+                ledger = batch.get(IngestLedger, message.topic, message.partition)
+                ledger.reject(message.offset, message.key, message.value, result, message.received_at)
+                outcome.rejected_by_code[result.code] += 1
+            elif self._apply_event(batch, message, result):
+                outcome.accepted_by_type[result.type] += 1
+            else:
+                outcome.duplicates += 1
+        started = time.perf_counter()
+        pending = [a for a in batch.aggregates.values() if a.pending_events]
+        outcome.derived = [
+            e.to_contract()
+            for a in pending
+            for e in a.pending_events
+            if isinstance(e, SafetyEventRecorded)
+        ]
+        outcome.new_domain_events = sum(len(a.pending_events) for a in pending)
+        trackings = [kafka_tracking(t, p, o) for (t, p), o in sorted(batch.positions.items())]
+        if pending or trackings:
+            self.save(*pending, **{TRACKINGS: trackings})
+        outcome.commit_seconds = time.perf_counter() - started
+        for (topic, partition), offset in batch.positions.items():
+            self._positions[(topic, partition)] = offset + 1
+        return outcome
+
+    def _apply_event(self, batch: _Batch, message: InboundMessage, event: ClinicalEvent) -> bool:
+        if event.type == "clock.ticked":
+            roster = batch.get(PartitionRoster, message.topic, message.partition)
+            for trial_id, participant_id in roster.members:
+                if trial_id == event.trial_id:
+                    participant = batch.participant(trial_id, participant_id, event.site_id)
+                    participant.record(event, message.received_at)
+            return True
+        if event.participant_id == TRIAL_LEVEL_PARTICIPANT:
+            return batch.get(TrialLog, event.trial_id).record(event, message.received_at)
+        roster = batch.get(PartitionRoster, message.topic, message.partition)
+        if (event.trial_id, event.participant_id) not in roster.member_set:
+            roster.join(event.trial_id, event.participant_id)
+        participant = batch.participant(event.trial_id, event.participant_id, event.site_id)
+        return participant.record(event, message.received_at)
+
+    def next_offset(self, topic: str, partition: int) -> int:
+        """The first offset of a partition not yet applied (from the tracking table)."""
+        key = (topic, partition)
+        if key not in self._positions:
+            tracked = self.recorder.max_tracking_id(partition_tracking_name(topic, partition))  # type: ignore[attr-defined]
+            self._positions[key] = tracked or 0
+        return self._positions[key]
+
+    def _forget_cached_state(self) -> None:
+        self._positions.clear()
+        cache = self.repository.cache
+        if cache is not None:
+            cache.cache.clear()  # type: ignore[attr-defined]
+
+    # ------------------------------------------------------------------ reading
+
+    def get_participant(self, trial_id: str, participant_id: str) -> Participant:
+        aggregate: Participant = self.repository.get(participant_aggregate_id(trial_id, participant_id))
+        return aggregate
+
+    def safety_notifications(
+        self, after: int, limit: int, *, with_rejections: bool = False
+    ) -> Sequence[Notification]:
+        topics = SAFETY_EVENT_TOPICS + ((REJECTION_TOPIC,) if with_rejections else ())
+        return self.recorder.select_notifications(
+            start=after, limit=limit, topics=topics, inclusive_of_start=False
+        )
+
+    def iter_safety_events(self, batch: int = 1000) -> Iterator[SafetyEvent]:
+        """Every derived safety event in log order."""
+        after = 0
+        while True:
+            notifications = self.safety_notifications(after, batch)
+            if not notifications:
+                return
+            for notification in notifications:
+                domain_event = self.mapper.to_domain_event(notification)
+                if isinstance(domain_event, SafetyEventRecorded):
+                    yield domain_event.to_contract()
+            after = notifications[-1].id
+
+    def tracked(self, name: str) -> int | None:
+        return self.recorder.max_tracking_id(name)  # type: ignore[attr-defined,no-any-return]
+
+    def record_tracking(self, name: str, position: int) -> None:
+        self.recorder.insert_tracking(Tracking(name, position))  # type: ignore[attr-defined]
+
+
+class _Batch:
+    """The aggregates one batch touches, loaded once each."""
+
+    def __init__(self, app: SafetyMonitoring) -> None:
+        self.app = app
+        self.aggregates: dict[UUID, Aggregate] = {}
+        self.positions: dict[tuple[str, int], int] = {}
+
+    def position(self, message: InboundMessage) -> None:
+        self.positions[(message.topic, message.partition)] = message.offset
+
+    def get(self, cls: type[A], *args: Any) -> A:
+        aggregate_id: UUID = cls.id_for(*args)  # type: ignore[attr-defined]
+        found = self.aggregates.get(aggregate_id)
+        if found is None:
+            try:
+                found = self.app.repository.get(aggregate_id, deepcopy_from_cache=False)
+            except AggregateNotFoundError:
+                found = cls(*args)
+            self.aggregates[aggregate_id] = found
+        return found  # type: ignore[return-value]
+
+    def participant(self, trial_id: str, participant_id: str, site_id: str) -> Participant:
+        aggregate_id = participant_aggregate_id(trial_id, participant_id)
+        found = self.aggregates.get(aggregate_id)
+        if found is None:
+            try:
+                found = self.app.repository.get(aggregate_id, deepcopy_from_cache=False)
+            except AggregateNotFoundError:
+                found = Participant.open(trial_id, participant_id, site_id, self.app.protocol)
+            self.aggregates[aggregate_id] = found
+        return found  # type: ignore[return-value]

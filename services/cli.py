@@ -1,0 +1,205 @@
+"""The ``toxwatch`` command line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from infra.settings import Settings
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+bench_app = typer.Typer(no_args_is_help=True, help="Throughput against a same-run baseline.")
+app.add_typer(bench_app, name="bench")
+
+
+def _settings() -> Settings:
+    return Settings()
+
+
+@app.command()
+def schema(
+    derived: Annotated[bool, typer.Option(help="The derived safety event envelope instead.")] = False,
+) -> None:
+    """Print the JSON Schema of the contract's clinical events (or derived events)."""
+    from domain.contract import SafetyEvent, clinical_event_schema
+
+    document = (
+        SafetyEvent.model_json_schema(by_alias=True) if derived else clinical_event_schema()
+    )
+    typer.echo(json.dumps(document, indent=2, sort_keys=True))
+
+
+@app.command()
+def process(
+    source: Annotated[Path, typer.Argument(help="Clinical JSONL file, or - for stdin.")],
+    protocol: Annotated[Path | None, typer.Option(help="Protocol TOML file.")] = None,
+) -> None:
+    """Apply a clinical JSONL stream offline; derived safety events go to stdout."""
+    from services.bootstrap import load_protocol
+    from services.offline import in_memory_application, process_lines
+
+    application = in_memory_application(load_protocol(protocol))
+    stream = sys.stdin.buffer if str(source) == "-" else source.open("rb")
+    with stream:
+        summary = process_lines(stream, sys.stdout, app=application)
+    outcome = summary.outcome
+    typer.echo(
+        f"{summary.lines} lines: {outcome.accepted} accepted, {outcome.duplicates} duplicates, "
+        f"{outcome.rejected} rejected {dict(outcome.rejected_by_code)}",
+        err=True,
+    )
+
+
+@app.command()
+def simulate(
+    out: Annotated[Path, typer.Option(help="JSONL file to write (- for stdout).")] = Path("-"),
+    seed: int = 79,
+    participants: int = 42,
+    malformed: Annotated[bool, typer.Option(help="Include malformed messages.")] = True,
+) -> None:
+    """Write a simulated LUCAR-G79 cohort as clinical JSONL."""
+    from services.simulator import CohortSpec, simulate_cohort, write_jsonl
+
+    messages = simulate_cohort(CohortSpec(seed=seed, participants=participants, malformed=malformed))
+    if str(out) == "-":
+        write_jsonl(messages, sys.stdout.buffer)
+    else:
+        write_jsonl(messages, out)
+    typer.echo(f"{len(messages)} messages", err=True)
+
+
+@app.command()
+def broker(
+    partitions: Annotated[int, typer.Option(help="Partitions of each topic.")] = 4,
+) -> None:
+    """Run the embedded broker (tansu) with the ToxWatch topics until Ctrl-C."""
+    from infra.broker import EmbeddedBroker, ensure_topics
+
+    settings = _settings()
+    with EmbeddedBroker(binary=settings.tansu_bin) as embedded:
+        ensure_topics(embedded.bootstrap_servers, settings.topics, partitions)
+        typer.echo(f"KAFKA_BOOTSTRAP_SERVERS={embedded.bootstrap_servers}")
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        try:
+            stop.wait()
+        except KeyboardInterrupt:
+            pass
+
+
+def _bootstrap_servers(settings: Settings) -> str:
+    if not settings.kafka_bootstrap_servers:
+        typer.echo("KAFKA_BOOTSTRAP_SERVERS is not set (run `toxwatch broker` for one)", err=True)
+        raise typer.Exit(2)
+    return settings.kafka_bootstrap_servers
+
+
+@app.command()
+def worker() -> None:
+    """Run the ingest worker (faust) against KAFKA_BOOTSTRAP_SERVERS."""
+    from prometheus_client import start_http_server
+
+    from infra.broker import ensure_topics
+    from infra.metrics import Metrics
+    from services.bootstrap import build_application
+    from services.worker import run_worker
+
+    settings = _settings()
+    servers = _bootstrap_servers(settings)
+    ensure_topics(servers, settings.topics, settings.partitions)
+    metrics = Metrics()
+    if settings.metrics_port:
+        start_http_server(settings.metrics_port, addr="127.0.0.1", registry=metrics.registry)
+    sys.argv = [sys.argv[0], "worker"]
+    run_worker(settings, servers, build_application(settings), metrics)
+
+
+@app.command()
+def relay() -> None:
+    """Run the relay: derived events from the store to Kafka, in log order."""
+    from prometheus_client import start_http_server
+
+    from infra.kafka import reliable_producer
+    from infra.metrics import Metrics
+    from services.bootstrap import build_application
+    from services.relay import Relay
+
+    settings = _settings()
+    servers = _bootstrap_servers(settings)
+    metrics = Metrics()
+    if settings.metrics_port:
+        start_http_server(settings.metrics_port, addr="127.0.0.1", registry=metrics.registry)
+    producer = reliable_producer(servers)
+    relay_ = Relay(build_application(settings), producer, settings, metrics)
+    relay_.reconcile(servers)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        relay_.run(stop)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        producer.close()
+
+
+@app.command()
+def demo(
+    duration: Annotated[
+        float | None, typer.Option(help="Stop after this many seconds (default: Ctrl-C).")
+    ] = None,
+    stream_seconds: Annotated[
+        float, typer.Option(help="Real seconds over which the simulated cohort is streamed.")
+    ] = 90.0,
+    participants: int = 42,
+    seed: int = 79,
+    metrics_port: Annotated[int, typer.Option(help="Worker metrics port (0: a free one).")] = 0,
+) -> None:
+    """Everything embedded: broker, store, worker, relay and a simulated cohort."""
+    from services.demo import DemoOptions, run_demo
+
+    raise typer.Exit(
+        run_demo(
+            _settings(),
+            DemoOptions(
+                duration=duration,
+                stream_seconds=stream_seconds,
+                participants=participants,
+                seed=seed,
+                metrics_port=metrics_port,
+            ),
+        )
+    )
+
+
+@bench_app.command("ingest")
+def bench_ingest(
+    events: Annotated[int, typer.Option(help="Messages per run.")] = 20_000,
+    store: Annotated[str, typer.Option(help="sqlite, postgres or both.")] = "both",
+    runs: Annotated[int, typer.Option(help="Runs per measurement (the median is reported).")] = 3,
+    out: Annotated[Path | None, typer.Option(help="Write the results as JSON.")] = None,
+) -> None:
+    """Sustained events/s of the full ingest path next to a bare kafka-python consume."""
+    from services.bench import run_ingest_bench
+
+    stores = ["sqlite", "postgres"] if store == "both" else [store]
+    run_ingest_bench(events=events, stores=stores, runs=runs, out=out)
+
+
+def main() -> None:
+    logging.basicConfig(
+        level=os.environ.get("TOXWATCH_LOG_LEVEL", "WARNING"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,128 @@
+"""The relay: derived events from the store to Kafka, in log order.
+
+Derived safety events go to ``toxwatch.safety.v1`` keyed by participant, rejected
+messages (kept in the ingest ledger) to ``toxwatch.clinical.v1.rejected`` unchanged,
+with the error in the ``error`` header. The relay tracks its position in the store
+after each flushed batch; each message carries its log position in a header, and on
+start the relay skips what the topics' last messages show was already published, so
+a restart republishes nothing that reached the broker.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import threading
+from collections.abc import Sequence
+
+from eventsourcing.persistence import Notification
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+from domain.participant import SafetyEventRecorded
+from domain.records import IngestLedger
+from infra.metrics import Metrics
+from infra.settings import Settings
+from services.application import SafetyMonitoring
+
+log = logging.getLogger(__name__)
+POSITION_HEADER = "toxwatch-position"
+RELAY_NAME = "relay"
+
+
+class Relay:
+    def __init__(
+        self,
+        application: SafetyMonitoring,
+        producer: KafkaProducer,
+        settings: Settings,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.app = application
+        self.producer = producer
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self.position = application.tracked(RELAY_NAME) or 0
+
+    def reconcile(self, bootstrap_servers: str) -> None:
+        """Skip past what the output topics show was already published."""
+        published = last_published_position(
+            bootstrap_servers, [self.settings.safety_topic, self.settings.rejected_topic]
+        )
+        if published > self.position:
+            log.info("relay resumes after %d (store said %d)", published, self.position)
+            self.app.record_tracking(RELAY_NAME, published)
+            self.position = published
+
+    def run_once(self) -> int:
+        notifications = self.app.safety_notifications(
+            self.position, self.settings.relay_batch, with_rejections=True
+        )
+        if not notifications:
+            return 0
+        self._publish(notifications)
+        self.producer.flush()
+        self.position = notifications[-1].id
+        self.app.record_tracking(RELAY_NAME, self.position)
+        self.metrics.relay_position.set(self.position)
+        return len(notifications)
+
+    def _publish(self, notifications: Sequence[Notification]) -> None:
+        mapper = self.app.mapper
+        for notification in notifications:
+            event = mapper.to_domain_event(notification)
+            headers = [(POSITION_HEADER, str(notification.id).encode())]
+            if isinstance(event, SafetyEventRecorded):
+                safety = event.to_contract()
+                topic = self.settings.safety_topic
+                value = json.dumps(safety.to_wire(), separators=(",", ":")).encode()
+                self.producer.send(topic, key=safety.participant_id.encode(), value=value, headers=headers)
+            elif isinstance(event, IngestLedger.MessageRejected):
+                topic = self.settings.rejected_topic
+                headers += [
+                    ("error", json.dumps(event.error).encode()),
+                    ("source", f"{event.topic}:{event.partition}:{event.offset}".encode()),
+                ]
+                key = base64.b64decode(event.key_b64) if event.key_b64 is not None else None
+                self.producer.send(
+                    topic, key=key, value=base64.b64decode(event.value_b64), headers=headers
+                )
+            else:
+                continue
+            self.metrics.relayed.labels(topic).inc()
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            if not self.run_once():
+                stop.wait(self.settings.relay_poll_seconds)
+
+
+def last_published_position(bootstrap_servers: str, topics: Sequence[str]) -> int:
+    """The highest log position in the last message of each partition of ``topics``."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False)
+    try:
+        best = 0
+        for topic in topics:
+            partitions = consumer.partitions_for_topic(topic) or set()
+            tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+            if not tps:
+                continue
+            consumer.assign(tps)
+            ends = consumer.end_offsets(tps)
+            for tp in tps:
+                if ends[tp] == 0:
+                    continue
+                consumer.seek(tp, ends[tp] - 1)
+            remaining = {tp for tp in tps if ends[tp] > 0}
+            for _ in range(20):
+                if not remaining:
+                    break
+                for tp, records in consumer.poll(timeout_ms=500).items():
+                    for record in records:
+                        for name, value in record.headers or []:
+                            if name == POSITION_HEADER:
+                                best = max(best, int(value))
+                    remaining.discard(tp)
+        return best
+    finally:
+        consumer.close()

@@ -1,0 +1,102 @@
+"""The ingest worker: a faust agent on ``toxwatch.clinical.v1``.
+
+faust consumes at-least-once; each batch is applied with ``SafetyMonitoring.apply_batch``
+(new domain events and the partitions' positions in one transaction) before faust
+acknowledges it, so a redelivered message is skipped by its tracked offset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any
+
+import faust
+
+from infra.metrics import Metrics
+from infra.settings import Settings
+from services.application import BatchOutcome, InboundMessage, SafetyMonitoring
+
+log = logging.getLogger(__name__)
+
+
+def record_outcome(metrics: Metrics, outcome: BatchOutcome, size: int) -> None:
+    for event_type, count in outcome.accepted_by_type.items():
+        metrics.ingested.labels(event_type).inc(count)
+    for code, count in outcome.rejected_by_code.items():
+        metrics.rejected.labels(code).inc(count)
+    metrics.duplicates.inc(outcome.duplicates)
+    metrics.redelivered.inc(outcome.already_applied)
+    for event in outcome.derived:
+        metrics.derived.labels(event.type).inc()
+        if event.type == "crs.graded":
+            metrics.crs_grades.labels(event.dose_level or "unknown", str(event.data["grade"])).inc()
+    metrics.batch_size.observe(size)
+    metrics.commit_seconds.observe(outcome.commit_seconds)
+
+
+def create_faust_app(
+    settings: Settings, bootstrap_servers: str, application: SafetyMonitoring, metrics: Metrics
+) -> faust.App:
+    app = faust.App(
+        settings.consumer_group,
+        broker=f"kafka://{bootstrap_servers}",
+        store="memory://",
+        web_enabled=False,
+        topic_disable_leader=True,
+        topic_allow_declare=False,
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=6.0,
+        broker_heartbeat_interval=1.0,
+        broker_max_poll_interval=10.0,
+        broker_rebalance_timeout=10.0,
+        broker_commit_every=settings.batch_max_messages,
+        broker_commit_interval=0.5,
+        consumer_max_fetch_size=4 * 1024 * 1024,
+        stream_buffer_maxsize=4 * settings.batch_max_messages,
+    )
+    topic = app.topic(
+        settings.clinical_topic,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=settings.partitions,
+    )
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+
+    @app.agent(topic, name="ingest")
+    async def ingest(stream: Any) -> None:
+        loop = asyncio.get_running_loop()
+        async for events in stream.take_events(
+            settings.batch_max_messages, within=settings.batch_max_wait_ms / 1000
+        ):
+            received_at = datetime.now(UTC)
+            messages = [
+                InboundMessage(
+                    topic=e.message.topic,
+                    partition=e.message.partition,
+                    offset=e.message.offset,
+                    key=e.message.key,
+                    value=e.message.value,
+                    received_at=received_at,
+                )
+                for e in events
+            ]
+            outcome = await loop.run_in_executor(
+                executor, lambda: application.apply_batch(messages, now=datetime.now(UTC))
+            )
+            record_outcome(metrics, outcome, len(messages))
+            if outcome.rejected:
+                log.info("rejected %d message(s): %s", outcome.rejected, dict(outcome.rejected_by_code))
+
+    return app
+
+
+def run_worker(settings: Settings, bootstrap_servers: str, application: SafetyMonitoring, metrics: Metrics) -> None:
+    """Run the faust worker until it is stopped (SIGINT/SIGTERM)."""
+    app = create_faust_app(settings, bootstrap_servers, application, metrics)
+    worker = faust.Worker(app, loglevel="WARN", quiet=True)
+    worker.execute_from_commandline()
