@@ -11,7 +11,6 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal, TypeAlias, Union
 
-from pydantic_core import PydanticCustomError
 from pydantic import (
     AwareDatetime,
     BaseModel,
@@ -25,9 +24,10 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 CLINICAL_SCHEMA = "toxwatch.clinical.v1"
-SAFETY_SCHEMA = "toxwatch.safety.v1"
+SAFETY_SCHEMA: Literal["toxwatch.safety.v1"] = "toxwatch.safety.v1"
 TRIAL_LEVEL_PARTICIPANT = "-"
 
 #: Accepted clock skew for ``occurred_at`` ahead of the receiver's clock.
@@ -242,7 +242,18 @@ Analyte = Literal[
     "cd19_b_cells",
 ]
 Unit = Literal[
-    "10*9/L", "/uL", "g/dL", "g/L", "mg/dL", "mg/L", "umol/L", "mmol/L", "ng/mL", "pg/mL", "U/L", "ng/L"
+    "10*9/L",
+    "/uL",
+    "g/dL",
+    "g/L",
+    "mg/dL",
+    "mg/L",
+    "umol/L",
+    "mmol/L",
+    "ng/mL",
+    "pg/mL",
+    "U/L",
+    "ng/L",
 ]
 _COUNT_UNITS = frozenset({"10*9/L", "/uL"})
 #: Which UCUM units of the contract fit each analyte (contract §2, §4: "a unit that
@@ -346,9 +357,7 @@ class PKResulted(_Strict):
 
 
 class DiseaseAssessed(_Strict):
-    instrument: Literal[
-        "SLEDAI-2K", "MRSS", "BVAS-V3", "MMT-8", "ITAS2010", "ITAS-A", "IGG4-RD-RI"
-    ]
+    instrument: Literal["SLEDAI-2K", "MRSS", "BVAS-V3", "MMT-8", "ITAS2010", "ITAS-A", "IGG4-RD-RI"]
     score: NonNegative
     visit: Annotated[str, StringConstraints(max_length=32)] | None = None
     components: dict[str, JsonValue] | None = None
@@ -443,7 +452,8 @@ class _Envelope(_Strict):
             if value > now + skew:
                 raise PydanticCustomError(
                     "future_occurred_at",
-                    "occurred_at {value} is in the future (receiver clock {now}, allowed skew {skew})",
+                    "occurred_at {value} is in the future "
+                    "(receiver clock {now}, allowed skew {skew})",
                     {"value": value.isoformat(), "now": now.isoformat(), "skew": str(skew)},
                 )
         return value
@@ -463,11 +473,12 @@ class _Envelope(_Strict):
 
 def _event(type_name: str, data_model: type[BaseModel]) -> type[_Envelope]:
     fields: dict[str, Any] = {
-        "type": (Literal[type_name], ...),  # type: ignore[valid-type]
+        "type": (Literal[type_name], ...),
         "data": (data_model, ...),
     }
     name = "".join(part.title() for part in type_name.replace("_", ".").split(".")) + "Event"
-    return create_model(name, __base__=_Envelope, **fields)  # type: ignore[call-overload,no-any-return]
+    model: type[_Envelope] = create_model(name, __base__=_Envelope, **fields)
+    return model
 
 
 DATA_MODELS: dict[str, type[_Strict]] = {
@@ -500,9 +511,11 @@ EVENT_MODELS: dict[str, type[_Envelope]] = {
 }
 ClinicalEvent: TypeAlias = _Envelope
 
-CLINICAL_EVENT_ADAPTER: TypeAdapter[Any] = TypeAdapter(
-    Annotated[Union[tuple(EVENT_MODELS.values())], Field(discriminator="type")]  # type: ignore[valid-type]  # noqa: UP007
-)
+_CLINICAL_UNION: Any = Annotated[
+    Union[tuple(EVENT_MODELS.values())],  # noqa: UP007
+    Field(discriminator="type"),
+]
+CLINICAL_EVENT_ADAPTER: TypeAdapter[Any] = TypeAdapter(_CLINICAL_UNION)
 
 
 def clinical_event_schema() -> dict[str, Any]:

@@ -443,8 +443,9 @@ class _Sweep:
             fever_waived_by=waiver[0] if waiver is not None else None,
             hypotension=hypotension,
             hypoxia=hypoxia,
-            vasopressors=tuple(sorted(state.running)) if hypotension.endswith("vasopressor")
-            or hypotension.endswith("vasopressors") else (),
+            vasopressors=tuple(sorted(state.running))
+            if hypotension.endswith("vasopressor") or hypotension.endswith("vasopressors")
+            else (),
             oxygen_device=state.oxygen[0].device if hypoxia != "none" and state.oxygen else None,
             flow_l_min=state.oxygen[0].flow_l_min if hypoxia != "none" and state.oxygen else None,
         )

@@ -55,7 +55,7 @@ class SafetyEventRecorded(Aggregate.Event):
 
     def to_contract(self) -> SafetyEvent:
         return SafetyEvent(
-            event_id=str(uuid5(cast(UUID, self.originator_id), str(self.originator_version))),
+            event_id=str(uuid5(self.originator_id, str(self.originator_version))),
             type=self.contract_type,
             trial_id=self.trial_id,
             participant_id=self.participant_id,
@@ -384,9 +384,7 @@ class Participant(Aggregate):
                 },
             )
 
-    def _publish_questions(
-        self, questions: list[AdjudicationQuestion], context: _Context
-    ) -> None:
+    def _publish_questions(self, questions: list[AdjudicationQuestion], context: _Context) -> None:
         for question in questions:
             if question.key in self.published_questions:
                 continue
@@ -415,7 +413,9 @@ class _Context:
     def study_day(self, at: datetime) -> int | None:
         if self.infusion_at is None:
             return None
-        return study_day(at, self.infusion_at, day_zero_is_infusion_day=self.day_zero_is_infusion_day)
+        return study_day(
+            at, self.infusion_at, day_zero_is_infusion_day=self.day_zero_is_infusion_day
+        )
 
 
 def _because(cause: ClinicalEvent) -> str:

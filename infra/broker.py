@@ -6,6 +6,7 @@ an external Kafka instead (see ``infra.settings``).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -86,9 +87,12 @@ class EmbeddedBroker:
             [
                 str(binary),
                 "broker",
-                "--listener-url", url,
-                "--advertised-listener-url", url,
-                "--storage-engine", "memory://tansu/",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+                "--storage-engine",
+                "memory://tansu/",
             ],
             stdout=log,
             stderr=log,
@@ -130,7 +134,9 @@ def ensure_topics(
     deadline = time.monotonic() + timeout
     while True:
         try:
-            admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="toxwatch-admin")
+            admin = KafkaAdminClient(
+                bootstrap_servers=bootstrap_servers, client_id="toxwatch-admin"
+            )
             break
         except KafkaError as error:
             if time.monotonic() > deadline:
@@ -139,12 +145,12 @@ def ensure_topics(
     try:
         existing = set(admin.list_topics())
         wanted = [
-            NewTopic(name, partitions, replication_factor) for name in topics if name not in existing
+            NewTopic(name, partitions, replication_factor)
+            for name in topics
+            if name not in existing
         ]
         if wanted:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):
                 admin.create_topics(wanted)
-            except TopicAlreadyExistsError:
-                pass
     finally:
         admin.close()

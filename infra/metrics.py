@@ -17,15 +17,19 @@ class Metrics:
             "toxwatch_events_ingested", "Clinical events accepted, by type", ["type"], registry=r
         )
         self.rejected = Counter(
-            "toxwatch_events_rejected", "Inbound messages rejected, by reason code", ["code"],
+            "toxwatch_events_rejected",
+            "Inbound messages rejected, by reason code",
+            ["code"],
             registry=r,
         )
         self.duplicates = Counter(
-            "toxwatch_events_duplicate", "Clinical events ignored as a repeated event_id",
+            "toxwatch_events_duplicate",
+            "Clinical events ignored as a repeated event_id",
             registry=r,
         )
         self.redelivered = Counter(
-            "toxwatch_messages_redelivered", "Messages skipped as already applied (tracked offset)",
+            "toxwatch_messages_redelivered",
+            "Messages skipped as already applied (tracked offset)",
             registry=r,
         )
         self.derived = Counter(
@@ -38,15 +42,21 @@ class Metrics:
             registry=r,
         )
         self.batch_size = Histogram(
-            "toxwatch_batch_size", "Messages per applied batch",
-            buckets=(1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500), registry=r,
+            "toxwatch_batch_size",
+            "Messages per applied batch",
+            buckets=(1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500),
+            registry=r,
         )
         self.commit_seconds = Histogram(
-            "toxwatch_commit_seconds", "Event store commit latency per batch",
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5), registry=r,
+            "toxwatch_commit_seconds",
+            "Event store commit latency per batch",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=r,
         )
         self.relayed = Counter(
-            "toxwatch_relay_published", "Events published by the relay, by topic", ["topic"],
+            "toxwatch_relay_published",
+            "Events published by the relay, by topic",
+            ["topic"],
             registry=r,
         )
         self.relay_position = Gauge(

@@ -29,7 +29,9 @@ class Settings(BaseSettings):
 
     kafka_bootstrap_servers: str | None = Field(
         default=None,
-        validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "TOXWATCH_KAFKA_BOOTSTRAP_SERVERS"),
+        validation_alias=AliasChoices(
+            "KAFKA_BOOTSTRAP_SERVERS", "TOXWATCH_KAFKA_BOOTSTRAP_SERVERS"
+        ),
     )
     tansu_bin: Path | None = None
     partitions: int = 4

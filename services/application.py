@@ -42,7 +42,9 @@ SAFETY_EVENT_TOPICS = tuple(
         Participant.AdjudicationRequested,
     )
 )
-REJECTION_TOPIC = f"{IngestLedger.MessageRejected.__module__}:{IngestLedger.MessageRejected.__qualname__}"
+REJECTION_TOPIC = (
+    f"{IngestLedger.MessageRejected.__module__}:{IngestLedger.MessageRejected.__qualname__}"
+)
 MAX_ATTEMPTS = 5
 
 
@@ -123,7 +125,9 @@ class SafetyMonitoring(Application[UUID]):
             result = validate_message(message.value, now=now, limits=self.limits)
             if isinstance(result, RejectionError):
                 ledger = batch.get(IngestLedger, message.topic, message.partition)
-                ledger.reject(message.offset, message.key, message.value, result, message.received_at)
+                ledger.reject(
+                    message.offset, message.key, message.value, result, message.received_at
+                )
                 outcome.rejected_by_code[result.code] += 1
             elif self._apply_event(batch, message, result):
                 outcome.accepted_by_type[result.type] += 1
@@ -179,7 +183,9 @@ class SafetyMonitoring(Application[UUID]):
     # ------------------------------------------------------------------ reading
 
     def get_participant(self, trial_id: str, participant_id: str) -> Participant:
-        aggregate: Participant = self.repository.get(participant_aggregate_id(trial_id, participant_id))
+        aggregate: Participant = self.repository.get(
+            participant_aggregate_id(trial_id, participant_id)
+        )
         return aggregate
 
     def safety_notifications(

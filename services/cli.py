@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -26,14 +27,14 @@ def _settings() -> Settings:
 
 @app.command()
 def schema(
-    derived: Annotated[bool, typer.Option(help="The derived safety event envelope instead.")] = False,
+    derived: Annotated[
+        bool, typer.Option(help="The derived safety event envelope instead.")
+    ] = False,
 ) -> None:
     """Print the JSON Schema of the contract's clinical events (or derived events)."""
     from domain.contract import SafetyEvent, clinical_event_schema
 
-    document = (
-        SafetyEvent.model_json_schema(by_alias=True) if derived else clinical_event_schema()
-    )
+    document = SafetyEvent.model_json_schema(by_alias=True) if derived else clinical_event_schema()
     typer.echo(json.dumps(document, indent=2, sort_keys=True))
 
 
@@ -68,7 +69,9 @@ def simulate(
     """Write a simulated LUCAR-G79 cohort as clinical JSONL."""
     from services.simulator import CohortSpec, simulate_cohort, write_jsonl
 
-    messages = simulate_cohort(CohortSpec(seed=seed, participants=participants, malformed=malformed))
+    messages = simulate_cohort(
+        CohortSpec(seed=seed, participants=participants, malformed=malformed)
+    )
     if str(out) == "-":
         write_jsonl(messages, sys.stdout.buffer)
     else:
@@ -89,10 +92,8 @@ def broker(
         typer.echo(f"KAFKA_BOOTSTRAP_SERVERS={embedded.bootstrap_servers}")
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        try:
+        with contextlib.suppress(KeyboardInterrupt):
             stop.wait()
-        except KeyboardInterrupt:
-            pass
 
 
 def _bootstrap_servers(settings: Settings) -> str:

@@ -76,7 +76,9 @@ class Relay:
                 safety = event.to_contract()
                 topic = self.settings.safety_topic
                 value = json.dumps(safety.to_wire(), separators=(",", ":")).encode()
-                self.producer.send(topic, key=safety.participant_id.encode(), value=value, headers=headers)
+                self.producer.send(
+                    topic, key=safety.participant_id.encode(), value=value, headers=headers
+                )
             elif isinstance(event, IngestLedger.MessageRejected):
                 topic = self.settings.rejected_topic
                 headers += [

@@ -85,17 +85,23 @@ def create_faust_app(
                 )
                 for e in events
             ]
-            outcome = await loop.run_in_executor(
-                executor, lambda: application.apply_batch(messages, now=datetime.now(UTC))
-            )
+            outcome = await loop.run_in_executor(executor, _apply, application, messages)
             record_outcome(metrics, outcome, len(messages))
             if outcome.rejected:
-                log.info("rejected %d message(s): %s", outcome.rejected, dict(outcome.rejected_by_code))
+                log.info(
+                    "rejected %d message(s): %s", outcome.rejected, dict(outcome.rejected_by_code)
+                )
 
     return app
 
 
-def run_worker(settings: Settings, bootstrap_servers: str, application: SafetyMonitoring, metrics: Metrics) -> None:
+def _apply(application: SafetyMonitoring, messages: list[InboundMessage]) -> BatchOutcome:
+    return application.apply_batch(messages, now=datetime.now(UTC))
+
+
+def run_worker(
+    settings: Settings, bootstrap_servers: str, application: SafetyMonitoring, metrics: Metrics
+) -> None:
     """Run the faust worker until it is stopped (SIGINT/SIGTERM)."""
     app = create_faust_app(settings, bootstrap_servers, application, metrics)
     worker = faust.Worker(app, loglevel="WARN", quiet=True)

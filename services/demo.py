@@ -1,0 +1,248 @@
+"""``toxwatch demo``: the whole pipeline embedded, fed by a simulated cohort.
+
+Starts the embedded broker (unless ``KAFKA_BOOTSTRAP_SERVERS`` names one), a fresh
+SQLite event store under the data folder, the ingest worker and the relay as child
+processes, streams a simulated LUCAR-G79 cohort in accelerated time, and shows a live
+feed of CRS grade changes read back from ``toxwatch.safety.v1``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from kafka import KafkaProducer
+from rich.console import Console
+
+from infra.broker import EmbeddedBroker, ensure_topics, free_port
+from infra.kafka import reading_consumer, reliable_producer
+from infra.settings import Settings
+from services.simulator import CohortSpec, SimulatedMessage, simulate_cohort
+
+TRIAL_LEVEL_KEY = b"-"
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    duration: float | None = None
+    stream_seconds: float = 90.0
+    participants: int = 42
+    seed: int = 79
+    metrics_port: int = 0
+
+
+@dataclass
+class _Progress:
+    total: int = 0
+    produced: int = 0
+    derived: int = 0
+    crs_changes: int = 0
+    rejected: int = 0
+    done_streaming: bool = False
+
+
+def cohort_ending_now(options: DemoOptions, now: datetime) -> list[SimulatedMessage]:
+    """The simulated cohort shifted so that its last message is due just before now."""
+    spec = CohortSpec(seed=options.seed, participants=options.participants)
+    draft = simulate_cohort(spec)
+    span = max(m.deliver_at for m in draft) - spec.start
+    start = (now - span - timedelta(hours=1)).astimezone(spec.start.tzinfo)
+    return simulate_cohort(replace(spec, start=start.replace(microsecond=0)))
+
+
+def run_demo(settings: Settings, options: DemoOptions) -> int:
+    console = Console()
+    run_dir = settings.data_dir / "demo" / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    broker: EmbeddedBroker | None = None
+    children: list[subprocess.Popen[bytes]] = []
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        servers = settings.kafka_bootstrap_servers
+        if not servers:
+            broker = EmbeddedBroker(binary=settings.tansu_bin, log_path=run_dir / "broker.log")
+            servers = broker.start().bootstrap_servers
+        ensure_topics(servers, settings.topics, settings.partitions)
+        metrics_port = options.metrics_port or free_port()
+        relay_port = free_port()
+        env = os.environ | {
+            "KAFKA_BOOTSTRAP_SERVERS": servers,
+            "TOXWATCH_DATA_DIR": str(run_dir),
+            "TOXWATCH_STORE": "sqlite",
+            "TOXWATCH_PARTITIONS": str(settings.partitions),
+        }
+        children.append(_spawn("worker", env | {"TOXWATCH_METRICS_PORT": str(metrics_port)}, run_dir))
+        children.append(_spawn("relay", env | {"TOXWATCH_METRICS_PORT": str(relay_port)}, run_dir))
+        console.rule("[bold]ToxWatch demo: LUCAR-G79 (NCT07049081), simulated cohort")
+        console.print(f"broker      {servers}" + (" (embedded tansu)" if broker else ""))
+        console.print(f"event store {run_dir / 'toxwatch.sqlite3'}")
+        console.print(f"metrics     http://127.0.0.1:{metrics_port}/metrics (worker), "
+                      f"http://127.0.0.1:{relay_port}/metrics (relay)")
+        console.print(f"logs        {run_dir}")
+        messages = cohort_ending_now(options, datetime.now(UTC))
+        progress = _Progress(total=len(messages))
+        console.print(
+            f"streaming {len(messages)} messages of {options.participants} participants "
+            f"over ~{options.stream_seconds:g} s; Ctrl-C stops"
+        )
+        producer_thread = threading.Thread(
+            target=_stream,
+            args=(servers, settings, messages, options.stream_seconds, progress, stop),
+            daemon=True,
+        )
+        producer_thread.start()
+        _feed(console, servers, settings, progress, stop, options.duration, children)
+    except KeyboardInterrupt:
+        stop.set()
+    finally:
+        stop.set()
+        console.print("stopping…")
+        for child in children:
+            _terminate(child)
+        if broker is not None:
+            broker.stop()
+    return 0
+
+
+def _spawn(command: str, env: dict[str, str], run_dir: Path) -> subprocess.Popen[bytes]:
+    log = (run_dir / f"{command}.log").open("ab")
+    return subprocess.Popen(
+        [sys.executable, "-m", "services.cli", command],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def _terminate(child: subprocess.Popen[bytes]) -> None:
+    if child.poll() is not None:
+        return
+    child.send_signal(signal.SIGTERM)
+    try:
+        child.wait(15)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait(5)
+
+
+def _stream(
+    servers: str,
+    settings: Settings,
+    messages: list[SimulatedMessage],
+    stream_seconds: float,
+    progress: _Progress,
+    stop: threading.Event,
+) -> None:
+    producer: KafkaProducer = reliable_producer(servers)
+    partitions = sorted(producer.partitions_for(settings.clinical_topic))
+    first = messages[0].deliver_at
+    span = (messages[-1].deliver_at - first).total_seconds() or 1.0
+    scale = span / max(stream_seconds, 0.001)
+    started = time.monotonic()
+    try:
+        for message in messages:
+            if stop.is_set():
+                return
+            due = started + (message.deliver_at - first).total_seconds() / scale
+            delay = due - time.monotonic()
+            if delay > 0:
+                stop.wait(delay)
+            if message.key == TRIAL_LEVEL_KEY:
+                for partition in partitions:  # a trial-level tick reaches every partition
+                    producer.send(
+                        settings.clinical_topic, key=message.key, value=message.value,
+                        partition=partition,
+                    )
+            else:
+                producer.send(settings.clinical_topic, key=message.key, value=message.value)
+            progress.produced += 1
+        producer.flush()
+        progress.done_streaming = True
+    finally:
+        producer.close()
+
+
+def _feed(
+    console: Console,
+    servers: str,
+    settings: Settings,
+    progress: _Progress,
+    stop: threading.Event,
+    duration: float | None,
+    children: list[subprocess.Popen[bytes]],
+) -> None:
+    consumer = reading_consumer(
+        servers, settings.safety_topic, settings.rejected_topic, consumer_timeout_ms=500
+    )
+    started = time.monotonic()
+    last_status = 0.0
+    caught_up_reported = False
+    try:
+        while not stop.is_set():
+            for batch in consumer.poll(timeout_ms=500).values():
+                for record in batch:
+                    if record.topic == settings.rejected_topic:
+                        progress.rejected += 1
+                        error = dict(record.headers or []).get("error", b"{}")
+                        console.print(f"[red]rejected[/red] {json.loads(error).get('code')}")
+                        continue
+                    progress.derived += 1
+                    event = json.loads(record.value)
+                    if event["type"] in ("crs.graded", "crs.resolved", "grade.revised"):
+                        progress.crs_changes += 1
+                        console.print(_describe(event))
+            now = time.monotonic()
+            if now - last_status >= 5:
+                last_status = now
+                console.print(
+                    f"[dim]produced {progress.produced}/{progress.total} · derived "
+                    f"{progress.derived} · CRS changes {progress.crs_changes} · rejected "
+                    f"{progress.rejected}[/dim]"
+                )
+            for child in children:
+                if child.poll() is not None:
+                    console.print(f"[red]a child process exited ({child.args}); see its log[/red]")
+                    return
+            if progress.done_streaming and not caught_up_reported and now - last_status < 0.6:
+                caught_up_reported = True
+                console.print("[green]cohort streamed; Ctrl-C to stop[/green]")
+            if duration is not None and now - started >= duration:
+                return
+    finally:
+        consumer.close()
+
+
+def _describe(event: dict[str, object]) -> str:
+    data = event["data"]
+    assert isinstance(data, dict)
+    who = f"{event['participant_id']} {event.get('dose_level') or '?'}"
+    when = str(event["effective_at"])[:16].replace("T", " ")
+    if event["type"] == "crs.resolved":
+        return (
+            f"{when}  {who}  [green]CRS episode {data['episode']} resolved[/green] "
+            f"(max grade {data['max_grade']}, {data['duration_hours']} h)"
+        )
+    if event["type"] == "grade.revised":
+        return (
+            f"{when}  {who}  [yellow]CRS revised {data['from_grade']} → {data['to_grade']}[/yellow]"
+            f" ({data['because']})"
+        )
+    colour = {0: "dim", 1: "cyan", 2: "yellow", 3: "red", 4: "bold red", 5: "bold red"}
+    grade = int(str(data["grade"]))
+    day = data.get("study_day")
+    return (
+        f"{when}  {who}  D{day:+}  [{colour[grade]}]CRS grade {grade}[/{colour[grade]}] "
+        f"(was {data['previous_grade']}): {data['explanation']}"
+        if isinstance(day, int)
+        else f"{when}  {who}  CRS grade {grade}: {data['explanation']}"
+    )
