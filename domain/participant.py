@@ -30,7 +30,7 @@ from domain.contract import (
     RecordVoided,
     SafetyEvent,
 )
-from domain.crs import CRSChange, CRSDerivation, derive_crs
+from domain.crs import CRS_INPUT_TYPES, CRSChange, CRSDerivation, derive_crs
 from domain.protocol import ProtocolParameters, study_day
 from domain.timeline import AdjudicationQuestion, TimelineEntry
 
@@ -66,6 +66,15 @@ class SafetyEventRecorded(Aggregate.Event):
             data=self.data,
         )
 
+
+#: Event types whose arrival can change a derivation (others only move the clock).
+DERIVING_TYPES = CRS_INPUT_TYPES | {
+    "participant.enrolled",
+    "infusion.administered",
+    "record.corrected",
+    "record.voided",
+    "clock.ticked",
+}
 
 _Published = tuple[datetime, int, int]  # (effective_at, episode, grade)
 
@@ -178,7 +187,9 @@ class Participant(Aggregate):
         self.trigger_event(
             self.ClinicalEventRecorded, event=event.to_wire(), received_at=received_at
         )
-        self._derive(event, horizon_before)
+        due = self.wake_at is not None and self.horizon is not None and self.horizon >= self.wake_at
+        if event.type in DERIVING_TYPES or due:
+            self._derive(event, horizon_before)
         return True
 
     # ------------------------------------------------------------------ state

@@ -31,11 +31,11 @@ from rich.table import Table
 from infra.broker import EmbeddedBroker, ensure_topics
 from infra.kafka import reliable_producer
 from infra.settings import Settings
+from infra.store import partition_tracking_name
 from services.application import SafetyMonitoring
 from services.bootstrap import build_application
 from services.relay import RELAY_NAME
 from services.simulator import CohortSpec, SimulatedMessage, simulate_cohort
-from infra.store import partition_tracking_name
 
 PARTITIONS = 4
 
@@ -101,9 +101,7 @@ def _baseline(servers: str, topic: str, expected: int) -> float:
     return seen / elapsed
 
 
-def _full_path(
-    servers: str, topic: str, expected: int, store: str, workdir: Path
-) -> float:
+def _full_path(servers: str, topic: str, expected: int, store: str, workdir: Path) -> float:
     schema = f"bench_{uuid.uuid4().hex[:8]}"
     env = os.environ | {
         "KAFKA_BOOTSTRAP_SERVERS": servers,
@@ -119,13 +117,21 @@ def _full_path(
     if store == "postgres":
         with psycopg.connect("host=127.0.0.1 dbname=test user=postgres", autocommit=True) as conn:
             conn.execute(f'CREATE SCHEMA "{schema}"')
-    settings = Settings(**{  # the same configuration the children read
-        "data_dir": workdir / schema, "store": store, "postgres_schema": schema,
-    })
+    settings = Settings(
+        **{  # the same configuration the children read
+            "data_dir": workdir / schema,
+            "store": store,
+            "postgres_schema": schema,
+        }
+    )
     app = build_application(settings)
     children = [
-        subprocess.Popen([sys.executable, "-m", "services.cli", name], env=env,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.Popen(
+            [sys.executable, "-m", "services.cli", name],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         for name in ("worker", "relay")
     ]
     try:
@@ -140,7 +146,9 @@ def _full_path(
             child.terminate()
             child.wait(15)
         if store == "postgres":
-            with psycopg.connect("host=127.0.0.1 dbname=test user=postgres", autocommit=True) as conn:
+            with psycopg.connect(
+                "host=127.0.0.1 dbname=test user=postgres", autocommit=True
+            ) as conn:
                 conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
 
 
@@ -167,7 +175,9 @@ def _wait_for(condition, timeout: float) -> float:  # type: ignore[no-untyped-de
     return time.perf_counter()
 
 
-def run_ingest_bench(*, events: int, stores: list[str], runs: int, out: Path | None) -> list[BenchResult]:
+def run_ingest_bench(
+    *, events: int, stores: list[str], runs: int, out: Path | None
+) -> list[BenchResult]:
     console = Console()
     messages = bench_messages(events)
     results: list[BenchResult] = []
@@ -188,13 +198,18 @@ def run_ingest_bench(*, events: int, stores: list[str], runs: int, out: Path | N
             results.append(
                 BenchResult(store, expected, statistics.median(baselines), statistics.median(full))
             )
-    table = Table(title=f"toxwatch bench ingest ({len(messages)} simulated events, median of {runs})")
+    table = Table(
+        title=f"toxwatch bench ingest ({len(messages)} simulated events, median of {runs})"
+    )
     for column in ("store", "messages", "baseline ev/s", "full path ev/s", "ratio"):
         table.add_column(column, justify="right")
     for r in results:
         table.add_row(
-            r.store, str(r.messages), f"{r.baseline_events_per_s:,.0f}",
-            f"{r.full_path_events_per_s:,.0f}", f"{r.ratio:.3f}",
+            r.store,
+            str(r.messages),
+            f"{r.baseline_events_per_s:,.0f}",
+            f"{r.full_path_events_per_s:,.0f}",
+            f"{r.ratio:.3f}",
         )
     console.print(table)
     if out is not None:

@@ -80,13 +80,17 @@ def run_demo(settings: Settings, options: DemoOptions) -> int:
             "TOXWATCH_STORE": "sqlite",
             "TOXWATCH_PARTITIONS": str(settings.partitions),
         }
-        children.append(_spawn("worker", env | {"TOXWATCH_METRICS_PORT": str(metrics_port)}, run_dir))
+        children.append(
+            _spawn("worker", env | {"TOXWATCH_METRICS_PORT": str(metrics_port)}, run_dir)
+        )
         children.append(_spawn("relay", env | {"TOXWATCH_METRICS_PORT": str(relay_port)}, run_dir))
         console.rule("[bold]ToxWatch demo: LUCAR-G79 (NCT07049081), simulated cohort")
         console.print(f"broker      {servers}" + (" (embedded tansu)" if broker else ""))
         console.print(f"event store {run_dir / 'toxwatch.sqlite3'}")
-        console.print(f"metrics     http://127.0.0.1:{metrics_port}/metrics (worker), "
-                      f"http://127.0.0.1:{relay_port}/metrics (relay)")
+        console.print(
+            f"metrics     http://127.0.0.1:{metrics_port}/metrics (worker), "
+            f"http://127.0.0.1:{relay_port}/metrics (relay)"
+        )
         console.print(f"logs        {run_dir}")
         messages = cohort_ending_now(options, datetime.now(UTC))
         progress = _Progress(total=len(messages))
@@ -160,7 +164,9 @@ def _stream(
             if message.key == TRIAL_LEVEL_KEY:
                 for partition in partitions:  # a trial-level tick reaches every partition
                     producer.send(
-                        settings.clinical_topic, key=message.key, value=message.value,
+                        settings.clinical_topic,
+                        key=message.key,
+                        value=message.value,
                         partition=partition,
                     )
             else:
@@ -213,7 +219,7 @@ def _feed(
                 if child.poll() is not None:
                     console.print(f"[red]a child process exited ({child.args}); see its log[/red]")
                     return
-            if progress.done_streaming and not caught_up_reported and now - last_status < 0.6:
+            if progress.done_streaming and not caught_up_reported:
                 caught_up_reported = True
                 console.print("[green]cohort streamed; Ctrl-C to stop[/green]")
             if duration is not None and now - started >= duration:

@@ -24,7 +24,7 @@ import json
 import math
 import os
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import IO, Any
@@ -74,7 +74,7 @@ class CohortSpec:
 
     seed: int = 79
     participants: int = 42
-    start: datetime = datetime(2026, 1, 5, 8, 0, tzinfo=timezone(timedelta(hours=8)))
+    start: datetime = datetime(2025, 1, 6, 8, 0, tzinfo=timezone(timedelta(hours=8)))
     trial_id: str = "NCT07049081"
     follow_up_days: int = 90
     malformed: bool = True
@@ -251,7 +251,7 @@ def _plan_cohort(spec: CohortSpec, rng: random.Random) -> list[_Plan]:
     dose_levels = _dose_levels(n, rng)
     enrolled = _enrolment_times(spec.start, n, rng)
     infusions = [
-        (e + timedelta(days=rng.randint(12, 15))).replace(hour=8, minute=0, second=0)
+        (e + timedelta(days=rng.randint(12, 15))).replace(hour=8, minute=0, second=0, microsecond=0)
         for e in enrolled
     ]
     grades, severity = _crs_grades(dose_levels, rng)
@@ -502,6 +502,7 @@ class _Course:
         self._seq = 0
         profile = _DISEASE_PROFILES[plan.disease]
         self.profile = profile
+        self.baseline_score = rng.randint(*profile.baseline)
         self.sex = "F" if rng.random() < profile.female else "M"
         self.age = rng.randint(*profile.age)
         low, high = (45.0, 72.0) if self.sex == "F" else (58.0, 92.0)
@@ -601,7 +602,6 @@ class _Course:
 
     def _enrolment(self) -> None:
         plan, rng, profile = self.plan, self.rng, self.profile
-        self.baseline_score = rng.randint(*profile.baseline)
         eligibility = {
             profile.criterion: self.baseline_score,
             profile.marker: True,
@@ -1010,7 +1010,9 @@ class _Course:
             for hour in _ICE_HOURS:
                 at = self.at(day, hour, self.rng.randint(0, 15))
                 window = self.icans_window
-                if window is not None and window[0] - timedelta(hours=3) <= at <= window[1]:
+                if window is not None and window[0] - timedelta(hours=3) <= at <= window[
+                    1
+                ] + timedelta(hours=3):
                     continue
                 self._neuro(at, 10, "awake")
 
@@ -1203,6 +1205,7 @@ class _Course:
                         system="lab",
                         reference=accession,
                         report_after=self.minutes(1, 5),
+                        deliver_after=deliver_after,
                     )
 
     def _lab_data(self, analyte: str, value: float) -> dict[str, Any]:
@@ -1380,7 +1383,7 @@ class _LabModel:
         elapsed = day - self.onset
         if elapsed < rise:
             return elapsed / rise
-        return 0.5 ** ((elapsed - rise) / half_life)
+        return float(0.5 ** ((elapsed - rise) / half_life))
 
     def values(self, day: int) -> dict[str, float]:
         rng, base = self.rng, self.base
@@ -1419,11 +1422,11 @@ class _LabModel:
         }
 
 
-def _log_interpolate(points: list[tuple[float, float]], x: float) -> float:
+def _log_interpolate(points: Sequence[tuple[float, float]], x: float) -> float:
     return math.exp(_linear_interpolate([(px, math.log(py)) for px, py in points], x))
 
 
-def _linear_interpolate(points: list[tuple[float, float]], x: float) -> float:
+def _linear_interpolate(points: Sequence[tuple[float, float]], x: float) -> float:
     if x <= points[0][0]:
         return points[0][1]
     for (x0, y0), (x1, y1) in itertools.pairwise(points):

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 from domain.contract import CLINICAL_EVENT_ADAPTER
@@ -13,7 +13,7 @@ from domain.protocol import ProtocolParameters
 
 TZ = timezone(timedelta(hours=8))
 INFUSION = datetime(2026, 3, 2, 8, 0, tzinfo=TZ)
-RECEIVED = datetime(2026, 11, 1, tzinfo=timezone.utc)
+RECEIVED = datetime(2026, 11, 1, tzinfo=UTC)
 
 
 def at(day: int, clock: str) -> datetime:
@@ -39,9 +39,7 @@ def clinical(event_id: str, type_: str, when: datetime, participant: str = "G79-
 
 
 def opened(**params: Any) -> Participant:
-    participant = Participant.open(
-        "NCT07049081", "G79-001", "CN-001", ProtocolParameters(**params)
-    )
+    participant = Participant.open("NCT07049081", "G79-001", "CN-001", ProtocolParameters(**params))
     participant.record(
         clinical("enrol", "participant.enrolled", at(-7, "08:00"), disease="SLE", dose_level="DL2"),
         RECEIVED,
@@ -64,7 +62,9 @@ def of_type(events: list[dict[str, Any]], type_: str) -> list[dict[str, Any]]:
 
 def test_a_repeated_event_id_is_ignored_whatever_it_carries():
     participant = opened()
-    assert participant.record(clinical("v1", "vitals.recorded", at(1, "06:00"), temperature_c=38.4), RECEIVED)
+    assert participant.record(
+        clinical("v1", "vitals.recorded", at(1, "06:00"), temperature_c=38.4), RECEIVED
+    )
     version = participant.version
     again = clinical("v1", "vitals.recorded", at(1, "07:00"), temperature_c=40.5)
     assert participant.record(again, RECEIVED) is False
@@ -75,7 +75,9 @@ def test_crs_graded_carries_dose_level_basis_evidence_and_study_day():
     # ASTCT 2019: fever >= 38.0 C with no hypotension or hypoxia is grade 1 (vignette 1).
     participant = opened()
     participant.collect_events()
-    participant.record(clinical("v1", "vitals.recorded", at(1, "06:00"), temperature_c=38.0), RECEIVED)
+    participant.record(
+        clinical("v1", "vitals.recorded", at(1, "06:00"), temperature_c=38.0), RECEIVED
+    )
     (graded,) = of_type(derived(participant), "crs.graded")
     assert graded["dose_level"] == "DL2"
     assert graded["effective_at"] == at(1, "06:00").isoformat()
@@ -90,7 +92,9 @@ def test_study_day_follows_the_protocols_day_numbering():
     # Reference §0.5: under the Day 1 convention the day after infusion is Day 2.
     participant = opened(day_zero_is_infusion_day=False)
     participant.collect_events()
-    participant.record(clinical("v1", "vitals.recorded", at(1, "06:00"), temperature_c=38.2), RECEIVED)
+    participant.record(
+        clinical("v1", "vitals.recorded", at(1, "06:00"), temperature_c=38.2), RECEIVED
+    )
     (graded,) = of_type(derived(participant), "crs.graded")
     assert graded["data"]["study_day"] == 2
 
@@ -99,12 +103,16 @@ def test_late_back_charted_oxygen_raises_a_past_grade_with_grade_revised():
     # Vignette 4 charted late: 6 L/min at 10:00 is grade 2; the 7 L/min at 10:40 arrives
     # after the 14:00 vitals, so the published grade for 10:40 changes from 2 to 3.
     participant = opened()
-    participant.record(clinical("v1", "vitals.recorded", at(2, "10:00"), temperature_c=38.6), RECEIVED)
+    participant.record(
+        clinical("v1", "vitals.recorded", at(2, "10:00"), temperature_c=38.6), RECEIVED
+    )
     participant.record(
         clinical("o1", "oxygen.changed", at(2, "10:00"), device="nasal_cannula", flow_l_min=6),
         RECEIVED,
     )
-    participant.record(clinical("v2", "vitals.recorded", at(2, "14:00"), temperature_c=38.4), RECEIVED)
+    participant.record(
+        clinical("v2", "vitals.recorded", at(2, "14:00"), temperature_c=38.4), RECEIVED
+    )
     participant.collect_events()
     participant.record(
         clinical("o2", "oxygen.changed", at(2, "10:40"), device="nasal_cannula", flow_l_min=7),
@@ -114,7 +122,11 @@ def test_late_back_charted_oxygen_raises_a_past_grade_with_grade_revised():
     (revised,) = of_type(events, "grade.revised")
     assert revised["effective_at"] == at(2, "10:40").isoformat()
     assert revised["data"] == {
-        "term": "CRS", "from_grade": 2, "to_grade": 3, "because": "late_data", "episode": 1
+        "term": "CRS",
+        "from_grade": 2,
+        "to_grade": 3,
+        "because": "late_data",
+        "episode": 1,
     }
     assert revised["caused_by"] == ["o2"]
     (graded,) = of_type(events, "crs.graded")
@@ -133,13 +145,21 @@ def test_in_order_data_never_revises():
 def test_a_corrected_temperature_revises_the_grade_because_of_correction():
     # A typo 38.6 corrected to 36.8: there never was a fever, so grade 1 becomes 0.
     participant = opened()
-    participant.record(clinical("v1", "vitals.recorded", at(1, "06:00"), temperature_c=38.6), RECEIVED)
-    participant.record(clinical("v2", "vitals.recorded", at(1, "10:00"), temperature_c=37.0), RECEIVED)
+    participant.record(
+        clinical("v1", "vitals.recorded", at(1, "06:00"), temperature_c=38.6), RECEIVED
+    )
+    participant.record(
+        clinical("v2", "vitals.recorded", at(1, "10:00"), temperature_c=37.0), RECEIVED
+    )
     participant.collect_events()
     participant.record(
         clinical(
-            "c1", "record.corrected", at(1, "12:00"),
-            corrects_event_id="v1", data={"temperature_c": 36.8}, reason="transcription error",
+            "c1",
+            "record.corrected",
+            at(1, "12:00"),
+            corrects_event_id="v1",
+            data={"temperature_c": 36.8},
+            reason="transcription error",
         ),
         RECEIVED,
     )
@@ -150,9 +170,13 @@ def test_a_corrected_temperature_revises_the_grade_because_of_correction():
 
 def test_a_voided_vasopressor_revises_grade_3_down_because_of_void():
     participant = opened()
-    participant.record(clinical("v1", "vitals.recorded", at(2, "02:00"), temperature_c=39.0), RECEIVED)
     participant.record(
-        clinical("n1", "vasopressor.changed", at(2, "03:00"), drug="norepinephrine", action="start"),
+        clinical("v1", "vitals.recorded", at(2, "02:00"), temperature_c=39.0), RECEIVED
+    )
+    participant.record(
+        clinical(
+            "n1", "vasopressor.changed", at(2, "03:00"), drug="norepinephrine", action="start"
+        ),
         RECEIVED,
     )
     participant.record(
@@ -161,7 +185,9 @@ def test_a_voided_vasopressor_revises_grade_3_down_because_of_void():
     )
     participant.collect_events()
     participant.record(
-        clinical("x1", "record.voided", at(2, "06:00"), voids_event_id="n1", reason="wrong patient"),
+        clinical(
+            "x1", "record.voided", at(2, "06:00"), voids_event_id="n1", reason="wrong patient"
+        ),
         RECEIVED,
     )
     (revised,) = of_type(derived(participant), "grade.revised")
@@ -175,8 +201,12 @@ def test_a_correction_naming_an_unknown_event_asks_for_adjudication():
     participant.collect_events()
     participant.record(
         clinical(
-            "c1", "record.corrected", at(1, "12:00"),
-            corrects_event_id="nope", data={"temperature_c": 36.8}, reason="typo",
+            "c1",
+            "record.corrected",
+            at(1, "12:00"),
+            corrects_event_id="nope",
+            data={"temperature_c": 36.8},
+            reason="typo",
         ),
         RECEIVED,
     )
@@ -188,8 +218,12 @@ def test_a_clock_tick_resolves_an_episode_24_h_after_it_went_quiet():
     # Reference §1 default resolution rule: afebrile, off vasopressors and oxygen for 24 h;
     # resolution time is the start of that period; a tick makes time pass deterministically.
     participant = opened()
-    participant.record(clinical("v1", "vitals.recorded", at(1, "06:00"), temperature_c=38.9), RECEIVED)
-    participant.record(clinical("v2", "vitals.recorded", at(1, "18:00"), temperature_c=37.1), RECEIVED)
+    participant.record(
+        clinical("v1", "vitals.recorded", at(1, "06:00"), temperature_c=38.9), RECEIVED
+    )
+    participant.record(
+        clinical("v2", "vitals.recorded", at(1, "18:00"), temperature_c=37.1), RECEIVED
+    )
     early = clinical("t1", "clock.ticked", at(2, "17:00"), participant="-")
     assert participant.record(early, RECEIVED) is False  # nothing waits for 17:00
     participant.collect_events()
@@ -205,7 +239,9 @@ def test_derived_events_do_not_depend_on_how_the_record_is_rebuilt():
     # Event ids are derived from the aggregate id and version, so a replay yields the same.
     first, second = opened(), opened()
     for participant in (first, second):
-        participant.record(clinical("v1", "vitals.recorded", at(1, "06:00"), temperature_c=39.5), RECEIVED)
+        participant.record(
+            clinical("v1", "vitals.recorded", at(1, "06:00"), temperature_c=39.5), RECEIVED
+        )
     ids_first = [e["event_id"] for e in derived(first)]
     ids_second = [e["event_id"] for e in derived(second)]
     assert ids_first == ids_second

@@ -1,0 +1,301 @@
+"""The simulated LUCAR-G79 cohort: deterministic, contract-valid, clinically plausible."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import json
+import time
+from collections import Counter, defaultdict
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from domain.contract import CLINICAL_EVENT_ADAPTER
+from services.simulator import (
+    MALFORMED_KINDS,
+    CohortSpec,
+    SimulatedMessage,
+    malformed_examples,
+    simulate_cohort,
+    write_jsonl,
+)
+
+SMALL = CohortSpec(participants=6, follow_up_days=28)
+REQUIRED_MALFORMED_KINDS = {
+    "not_json",
+    "wrong_schema",
+    "unknown_type",
+    "missing_field",
+    "unknown_field",
+    "wrong_unit",
+    "implausible_temperature",
+    "negative_count",
+    "future_occurred_at",
+    "oversized",
+    "wrong_types",
+    "empty_body",
+    "bad_timestamp",
+    "trial_level_with_participant",
+}
+
+
+@pytest.fixture(scope="module")
+def cohort() -> list[SimulatedMessage]:
+    return simulate_cohort(CohortSpec())
+
+
+@pytest.fixture(scope="module")
+def events(cohort: list[SimulatedMessage]) -> list[tuple[SimulatedMessage, dict[str, Any]]]:
+    return [(m, json.loads(m.value)) for m in cohort if m.kind == "valid"]
+
+
+def _of_type(
+    events: list[tuple[SimulatedMessage, dict[str, Any]]], type_: str
+) -> list[dict[str, Any]]:
+    return [e for _, e in events if e["type"] == type_]
+
+
+def _at(value: str) -> datetime:
+    return datetime.fromisoformat(value)
+
+
+# -- determinism and size
+
+
+def test_same_seed_gives_byte_identical_messages() -> None:
+    assert simulate_cohort(SMALL) == simulate_cohort(SMALL)
+
+
+def test_a_different_seed_gives_a_different_cohort() -> None:
+    other = CohortSpec(seed=80, participants=6, follow_up_days=28)
+    assert [m.value for m in simulate_cohort(SMALL)] != [m.value for m in simulate_cohort(other)]
+
+
+def test_default_cohort_is_sized_for_a_demo_and_fast_to_generate() -> None:
+    started = time.perf_counter()
+    messages = simulate_cohort(CohortSpec())
+    elapsed = time.perf_counter() - started
+    assert 15_000 <= len(messages) <= 30_000
+    assert elapsed < 5.0
+
+
+def test_messages_are_sorted_by_delivery_time(cohort: list[SimulatedMessage]) -> None:
+    times = [m.deliver_at for m in cohort]
+    assert times == sorted(times)
+
+
+# -- the contract
+
+
+def test_every_valid_message_passes_the_contract(
+    events: list[tuple[SimulatedMessage, dict[str, Any]]],
+) -> None:
+    for message, event in events:
+        parsed = CLINICAL_EVENT_ADAPTER.validate_json(
+            message.value, context={"now": message.deliver_at}
+        )
+        assert parsed.schema_ == "toxwatch.clinical.v1"
+        assert message.key == event["participant_id"].encode()
+        assert parsed.occurred_at <= parsed.reported_at <= message.deliver_at
+        assert event["source"]["system"] and event["source"]["reference"]
+        assert event["occurred_at"].endswith("+08:00")
+
+
+def test_event_ids_are_unique_across_valid_and_malformed_messages(
+    cohort: list[SimulatedMessage],
+) -> None:
+    ids = []
+    for message in cohort:
+        try:
+            ids.append(json.loads(message.value)["event_id"])
+        except (ValueError, KeyError):
+            continue
+    assert len(ids) == len(set(ids))
+
+
+def test_examples_cover_every_required_malformed_kind() -> None:
+    at = datetime.fromisoformat("2026-02-01T10:00:00+08:00")
+    kinds = [m.kind for m in malformed_examples("NCT07049081", "G79-001", at)]
+    assert set(kinds) >= REQUIRED_MALFORMED_KINDS
+    assert len(kinds) == len(set(kinds)) == len(MALFORMED_KINDS)
+
+
+@pytest.mark.parametrize("kind", sorted(REQUIRED_MALFORMED_KINDS))
+def test_each_malformed_kind_is_rejected_by_the_contract(kind: str) -> None:
+    at = datetime.fromisoformat("2026-02-01T10:00:00+08:00")
+    (message,) = [m for m in malformed_examples("NCT07049081", "G79-001", at) if m.kind == kind]
+    assert message.deliver_at == at
+    if kind == "empty_body":
+        assert message.value == b""
+        return
+    with pytest.raises(ValidationError):
+        CLINICAL_EVENT_ADAPTER.validate_json(message.value, context={"now": at})
+
+
+def test_oversized_message_is_over_one_mebibyte() -> None:
+    at = datetime.fromisoformat("2026-02-01T10:00:00+08:00")
+    (message,) = [
+        m for m in malformed_examples("NCT07049081", "G79-001", at) if m.kind == "oversized"
+    ]
+    assert len(message.value) > 1024 * 1024
+    json.loads(message.value)
+
+
+def test_future_occurred_at_is_only_rejected_against_the_receiver_clock() -> None:
+    at = datetime.fromisoformat("2026-02-01T10:00:00+08:00")
+    (message,) = [
+        m
+        for m in malformed_examples("NCT07049081", "G79-001", at)
+        if m.kind == "future_occurred_at"
+    ]
+    CLINICAL_EVENT_ADAPTER.validate_json(message.value)
+
+
+def test_cohort_includes_malformed_messages_only_when_asked(
+    cohort: list[SimulatedMessage],
+) -> None:
+    assert {m.kind for m in cohort} - {"valid"} == set(MALFORMED_KINDS)
+    clean = simulate_cohort(CohortSpec(participants=6, follow_up_days=28, malformed=False))
+    assert {m.kind for m in clean} == {"valid"}
+
+
+# -- cohort composition
+
+
+def test_cohort_has_42_participants_over_six_diseases_and_three_dose_levels(
+    events: list[tuple[SimulatedMessage, dict[str, Any]]],
+) -> None:
+    enrolled = _of_type(events, "participant.enrolled")
+    assert [e["participant_id"] for e in enrolled] == [f"G79-{i:03d}" for i in range(1, 43)]
+    assert Counter(e["data"]["disease"] for e in enrolled) == {
+        d: 7 for d in ("SLE", "SSC", "AAV", "IIM", "TAK", "IGG4RD")
+    }
+    assert {e["site_id"] for e in enrolled} == {"CN-001", "CN-002", "CN-003"}
+    levels = [e["data"]["dose_level"] for e in enrolled]
+    assert levels[:9] == ["DL1"] * 3 + ["DL2"] * 3 + ["DL3"] * 3
+    assert set(levels) == {"DL1", "DL2", "DL3"}
+    gaps = [_at(b["occurred_at"]) - _at(a["occurred_at"]) for a, b in itertools.pairwise(enrolled)]
+    assert all(timedelta(days=4) <= gap <= timedelta(days=11) for gap in gaps)
+
+
+def test_every_participant_is_infused_on_day_0_at_8_after_lymphodepletion(
+    events: list[tuple[SimulatedMessage, dict[str, Any]]],
+) -> None:
+    infusions = {e["participant_id"]: e for e in _of_type(events, "infusion.administered")}
+    assert len(infusions) == 42
+    for event in _of_type(events, "lymphodepletion.administered"):
+        infused = _at(infusions[event["participant_id"]]["occurred_at"])
+        assert infused.hour == 8
+        assert (infused.date() - _at(event["occurred_at"]).date()).days in (3, 4, 5)
+
+
+def test_most_participants_have_crs_and_a_few_have_icans(
+    events: list[tuple[SimulatedMessage, dict[str, Any]]],
+) -> None:
+    febrile = {
+        e["participant_id"]
+        for e in _of_type(events, "vitals.recorded")
+        if e["data"].get("temperature_c", 0) >= 38.0
+    }
+    assert 0.65 * 42 <= len(febrile) <= 0.95 * 42
+    tocilizumab = {
+        e["participant_id"]
+        for e in _of_type(events, "medication.administered")
+        if e["data"]["drug_class"] == "anti_il6"
+    }
+    assert tocilizumab and tocilizumab <= febrile
+    impaired = {
+        e["participant_id"]
+        for e in _of_type(events, "neuro.assessed")
+        if e["data"].get("ice_score", 10) < 10
+        or sum(e["data"].get("ice_items", {"all": 10}).values()) < 10
+    }
+    assert 2 <= len(impaired) <= 4
+
+
+def test_every_episode_of_support_ends(
+    events: list[tuple[SimulatedMessage, dict[str, Any]]],
+) -> None:
+    last_oxygen: dict[str, str] = {}
+    running: dict[str, int] = defaultdict(int)
+    for event in sorted(events, key=lambda pair: _at(pair[1]["occurred_at"])):
+        data, who = event[1]["data"], event[1]["participant_id"]
+        if event[1]["type"] == "oxygen.changed":
+            last_oxygen[who] = data["device"]
+        elif event[1]["type"] == "vasopressor.changed":
+            running[who] += {"start": 1, "stop": -1}.get(data["action"], 0)
+    assert last_oxygen and set(last_oxygen.values()) == {"room_air"}
+    assert all(count == 0 for count in running.values())
+
+
+def test_some_records_arrive_hours_late(
+    events: list[tuple[SimulatedMessage, dict[str, Any]]],
+) -> None:
+    bedside_late = [
+        e
+        for m, e in events
+        if e["source"]["system"] in ("bedside", "manual")
+        and m.deliver_at - _at(e["occurred_at"]) > timedelta(hours=2)
+    ]
+    assert len(bedside_late) >= 3
+
+
+def test_corrections_and_voids_target_earlier_events_of_the_same_participant(
+    events: list[tuple[SimulatedMessage, dict[str, Any]]],
+) -> None:
+    by_id = {e["event_id"]: (m, e) for m, e in events}
+    amendments = _of_type(events, "record.corrected") + _of_type(events, "record.voided")
+    assert len(_of_type(events, "record.corrected")) >= 2
+    assert len(_of_type(events, "record.voided")) >= 1
+    for amendment in amendments:
+        data = amendment["data"]
+        target_message, target = by_id[data.get("corrects_event_id") or data["voids_event_id"]]
+        assert target["participant_id"] == amendment["participant_id"]
+        assert target_message.deliver_at < by_id[amendment["event_id"]][0].deliver_at
+        assert data["reason"]
+        if amendment["type"] == "record.corrected":
+            assert set(data["data"]) == set(target["data"])
+            assert data["data"] != target["data"]
+
+
+# -- ticks
+
+
+def test_ticks_are_trial_level_hourly_and_span_the_whole_cohort(
+    cohort: list[SimulatedMessage],
+    events: list[tuple[SimulatedMessage, dict[str, Any]]],
+) -> None:
+    ticks = [(m, e) for m, e in events if e["type"] == "clock.ticked"]
+    assert all(m.key == b"-" and e["participant_id"] == "-" for m, e in ticks)
+    assert all(e["data"] == {} and e["event_id"] == f"tick-{e['occurred_at']}" for _, e in ticks)
+    assert all(m.deliver_at == _at(e["occurred_at"]) for m, e in ticks)
+    times = [m.deliver_at for m, _ in ticks]
+    assert times[0] == CohortSpec().start
+    assert {b - a for a, b in itertools.pairwise(times)} == {timedelta(hours=1)}
+    assert times[-1] >= cohort[-1].deliver_at
+
+
+def test_no_ticks_without_a_cadence() -> None:
+    messages = simulate_cohort(CohortSpec(participants=3, follow_up_days=14, tick_every=None))
+    assert not [m for m in messages if m.key == b"-"]
+
+
+# -- JSONL
+
+
+def test_jsonl_has_one_message_per_line(tmp_path: Any) -> None:
+    at = datetime.fromisoformat("2026-02-01T10:00:00+08:00")
+    messages = simulate_cohort(CohortSpec(participants=2, follow_up_days=7))
+    messages += malformed_examples("NCT07049081", "G79-001", at)
+    messages.append(SimulatedMessage(b"G79-001", b'{"a":\n1}', at, "not_json"))
+    path = tmp_path / "cohort.jsonl"
+    write_jsonl(messages, path)
+    lines = path.read_bytes().split(b"\n")
+    assert lines[-1] == b"" and len(lines) - 1 == len(messages)
+    assert lines[: len(messages) - 15] == [m.value for m in messages[: len(messages) - 15]]
+    text = io.StringIO()
+    write_jsonl(messages[:5], text)
+    assert text.getvalue().splitlines() == [m.value.decode() for m in messages[:5]]
