@@ -1,0 +1,68 @@
+"""``toxwatch process``: same application code offline, deterministic output."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import subprocess
+import sys
+
+from domain.contract import SafetyEvent
+from services.offline import process_lines
+from services.simulator import CohortSpec, simulate_cohort, write_jsonl
+
+RECORDED_AT = re.compile(rb'"recorded_at":"[^"]+"')
+
+
+def _cohort_file(tmp_path, **spec):
+    path = tmp_path / "cohort.jsonl"
+    write_jsonl(simulate_cohort(CohortSpec(**spec)), path)
+    return path
+
+
+def test_same_input_gives_byte_identical_output_apart_from_recorded_at(tmp_path):
+    path = _cohort_file(tmp_path, participants=6, follow_up_days=30)
+    outputs = []
+    for _ in range(2):
+        completed = subprocess.run(
+            [sys.executable, "-m", "services.cli", "process", str(path)],
+            capture_output=True,
+            check=True,
+            timeout=300,
+        )
+        outputs.append(RECORDED_AT.sub(b"", completed.stdout))
+    assert outputs[0] == outputs[1]
+    assert outputs[0].count(b"\n") > 10
+    assert b"accepted" in completed.stderr
+
+
+def test_derived_events_follow_the_contract_envelope(tmp_path):
+    path = _cohort_file(tmp_path, participants=6, follow_up_days=30)
+    out = io.StringIO()
+    with path.open("rb") as lines:
+        summary = process_lines(lines, out)
+    events = [SafetyEvent.model_validate(json.loads(line)) for line in out.getvalue().splitlines()]
+    assert {e.type for e in events} >= {"crs.graded", "crs.resolved"}
+    assert all(e.dose_level in {"DL1", "DL2", "DL3"} for e in events)
+    assert len({e.event_id for e in events}) == len(events)
+    assert summary.outcome.rejected == 14 * 3  # the cohort's malformed messages
+
+
+def test_batch_size_does_not_change_what_is_derived_for_each_participant(tmp_path):
+    # Batching interleaves participants differently in the log; each participant's
+    # own sequence of derived events, ids included, must not change.
+    path = _cohort_file(tmp_path, participants=4, follow_up_days=20, malformed=False)
+    results = []
+    for batch_size in (1, 37, 1000):
+        out = io.StringIO()
+        with path.open("rb") as lines:
+            process_lines(lines, out, batch_size=batch_size)
+        per_participant: dict[str, list[dict[str, object]]] = {}
+        for line in out.getvalue().splitlines():
+            event = json.loads(line)
+            event.pop("recorded_at")
+            per_participant.setdefault(event["participant_id"], []).append(event)
+        results.append(per_participant)
+    assert len(results[0]) == 4
+    assert results[0] == results[1] == results[2]
