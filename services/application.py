@@ -9,6 +9,7 @@ position was applied before and is skipped, so a redelivered batch changes nothi
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections import Counter
@@ -100,36 +101,72 @@ class SafetyMonitoring(Application[UUID]):
     # ------------------------------------------------------------------ ingest
 
     def apply_batch(self, messages: Sequence[InboundMessage], *, now: datetime) -> BatchOutcome:
-        """Apply a batch in one transaction, retrying on a concurrent writer."""
-        for attempt in range(1, MAX_ATTEMPTS + 1):
-            try:
-                outcome = self._apply_once(messages, now)
-            except IntegrityError:
-                log.warning("concurrent write on batch (attempt %d): reloading", attempt)
-                self._forget_cached_state()
-                if attempt == MAX_ATTEMPTS:
-                    raise
-            else:
-                outcome.attempts = attempt
-                return outcome
-        raise AssertionError("unreachable")
+        """Apply a batch in one transaction.
 
-    def _apply_once(self, messages: Sequence[InboundMessage], now: datetime) -> BatchOutcome:
+        A concurrent writer (another worker after a rebalance) makes the commit fail:
+        the batch is re-applied on fresh state. A valid message whose application
+        fails is a defect, not a reason to stop: the batch is re-applied with that
+        message kept in the ingest ledger as ``processing_error``.
+        """
+        poisoned: dict[tuple[str, int, int], str] = {}
+        conflicts = 0
+        while True:
+            try:
+                outcome = self._apply_once(messages, now, poisoned)
+            except IntegrityError:
+                conflicts += 1
+                log.warning("concurrent write on batch (attempt %d): reloading", conflicts)
+                if conflicts >= MAX_ATTEMPTS:
+                    raise
+            except _PoisonMessage as poison:
+                poisoned[poison.position] = poison.reason
+            else:
+                outcome.attempts = 1 + conflicts + len(poisoned)
+                return outcome
+
+    def _apply_once(
+        self,
+        messages: Sequence[InboundMessage],
+        now: datetime,
+        poisoned: Mapping[tuple[str, int, int], str],
+    ) -> BatchOutcome:
         batch = _Batch(self)
+        try:
+            return self._apply_and_save(batch, messages, now, poisoned)
+        except BaseException:
+            self._forget(batch)
+            raise
+
+    def _apply_and_save(
+        self,
+        batch: _Batch,
+        messages: Sequence[InboundMessage],
+        now: datetime,
+        poisoned: Mapping[tuple[str, int, int], str],
+    ) -> BatchOutcome:
         outcome = BatchOutcome()
         for message in messages:
             if message.offset < self.next_offset(message.topic, message.partition):
                 outcome.already_applied += 1
                 continue
             batch.position(message)
+            position = (message.topic, message.partition, message.offset)
             result = validate_message(message.value, now=now, limits=self.limits)
+            if position in poisoned:
+                result = RejectionError(code="processing_error", message=poisoned[position])
             if isinstance(result, RejectionError):
                 ledger = batch.get(IngestLedger, message.topic, message.partition)
                 ledger.reject(
                     message.offset, message.key, message.value, result, message.received_at
                 )
                 outcome.rejected_by_code[result.code] += 1
-            elif self._apply_event(batch, message, result):
+                continue
+            try:
+                applied = self._apply_event(batch, message, result)
+            except Exception as error:
+                log.exception("applying %s (%s) failed", result.event_id, result.type)
+                raise _PoisonMessage(position, f"{type(error).__name__}: {error}"[:500]) from error
+            if applied:
                 outcome.accepted_by_type[result.type] += 1
             else:
                 outcome.duplicates += 1
@@ -174,11 +211,15 @@ class SafetyMonitoring(Application[UUID]):
             self._positions[key] = tracked or 0
         return self._positions[key]
 
-    def _forget_cached_state(self) -> None:
+    def _forget(self, batch: _Batch) -> None:
+        """Drop what a failed batch touched: cached aggregates and positions."""
         self._positions.clear()
         cache = self.repository.cache
-        if cache is not None:
-            cache.cache.clear()  # type: ignore[attr-defined]
+        if cache is None:
+            return
+        for aggregate_id in batch.aggregates:
+            with contextlib.suppress(KeyError):
+                cache.get(aggregate_id, evict=True)
 
     # ------------------------------------------------------------------ reading
 
@@ -214,6 +255,13 @@ class SafetyMonitoring(Application[UUID]):
 
     def record_tracking(self, name: str, position: int) -> None:
         self.recorder.insert_tracking(Tracking(name, position))  # type: ignore[attr-defined]
+
+
+class _PoisonMessage(Exception):
+    def __init__(self, position: tuple[str, int, int], reason: str) -> None:
+        super().__init__(reason)
+        self.position = position
+        self.reason = reason
 
 
 class _Batch:
