@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass
+from functools import lru_cache
 from datetime import datetime
 from typing import Any, ClassVar, cast
 from uuid import NAMESPACE_URL, UUID, uuid5
@@ -37,6 +38,7 @@ from domain.timeline import AdjudicationQuestion, TimelineEntry
 NAMESPACE = uuid5(NAMESPACE_URL, "https://toxwatch.example/ns")
 
 
+@lru_cache(maxsize=65536)
 def participant_aggregate_id(trial_id: str, participant_id: str) -> UUID:
     """Deterministic aggregate id of a participant record."""
     return uuid5(NAMESPACE, f"participant/{trial_id}/{participant_id}")
