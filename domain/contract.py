@@ -462,8 +462,14 @@ class _Envelope(_Strict):
     def check_participant_scope(self) -> _Envelope:
         trial_level = self.type in TRIAL_LEVEL_TYPES
         if trial_level != (self.participant_id == TRIAL_LEVEL_PARTICIPANT):
-            expected = "'-'" if trial_level else "a participant pseudonym"
-            raise ValueError(f"participant_id must be {expected} for type {self.type}")
+            raise PydanticCustomError(
+                "participant_scope",
+                "participant_id must be {expected} for type {type}",
+                {
+                    "expected": "'-'" if trial_level else "a participant pseudonym",
+                    "type": self.type,
+                },
+            )
         return self
 
     def to_wire(self) -> dict[str, Any]:

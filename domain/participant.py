@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass
-from functools import lru_cache
 from datetime import datetime
+from functools import lru_cache
 from typing import Any, ClassVar, cast
 from uuid import NAMESPACE_URL, UUID, uuid5
 
@@ -316,38 +316,34 @@ class Participant(Aggregate):
                 break
             pair = (_grade_from(old, at), crs.grade_at(at))
             if pair[0] != pair[1] and pair != previous_pair:
-                self._emit(
-                    self.GradeRevised,
-                    context,
-                    at,
-                    [context.cause_id],
-                    {
-                        "term": "CRS",
-                        "from_grade": pair[0],
-                        "to_grade": pair[1],
-                        "because": context.because,
-                        "episode": _episode_at(crs.changes, at),
-                    },
-                )
+                self._revise_crs(context, at, *pair, episode=_episode_at(crs.changes, at))
             previous_pair = pair
         for episode, resolved_at in sorted(self.published_resolutions.items()):
             still = next((e for e in crs.episodes if e.number == episode), None)
             if still is None or still.resolved_at is None:
                 at = datetime.fromisoformat(resolved_at)
-                self._emit(
-                    self.GradeRevised,
-                    context,
-                    at,
-                    [context.cause_id],
-                    {
-                        "term": "CRS",
-                        "from_grade": 0,
-                        "to_grade": crs.grade_at(at),
-                        "because": context.because,
-                        "episode": episode,
-                        "resolution_withdrawn": True,
-                    },
+                self._revise_crs(
+                    context, at, 0, crs.grade_at(at), episode=episode, resolution_withdrawn=True
                 )
+
+    def _revise_crs(
+        self,
+        context: _Context,
+        at: datetime,
+        from_grade: int,
+        to_grade: int,
+        *,
+        episode: int,
+        **extra: Any,
+    ) -> None:
+        data = {
+            "term": "CRS",
+            "from_grade": from_grade,
+            "to_grade": to_grade,
+            "because": context.because,
+            "episode": episode,
+        }
+        self._emit(self.GradeRevised, context, at, [context.cause_id], data | extra)
 
     def _publish_changes(
         self, crs: CRSDerivation, context: _Context, published_before: list[_Published]

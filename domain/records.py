@@ -64,7 +64,7 @@ class IngestLedger(Aggregate):
         partition: int
         offset: int
         key_b64: str | None
-        value_b64: str
+        value_b64: str | None
         sha256: str
         size: int
         error: dict[str, Any]
@@ -88,7 +88,7 @@ class IngestLedger(Aggregate):
             partition=self.partition,
             offset=offset,
             key_b64=base64.b64encode(key).decode() if key is not None else None,
-            value_b64=base64.b64encode(raw).decode(),
+            value_b64=base64.b64encode(value).decode() if value is not None else None,
             sha256=hashlib.sha256(raw).hexdigest(),
             size=len(raw),
             error=error.model_dump(),

@@ -45,6 +45,7 @@ _CODES = {
     "value_error": "invalid_value",
     "wrong_unit": "wrong_unit",
     "future_occurred_at": "future_occurred_at",
+    "participant_scope": "invalid_value",
 }
 
 
@@ -92,6 +93,8 @@ def _rejection(error: ValidationError) -> RejectionError:
         message = f"unknown event type {first['ctx']['tag']!r}"
     elif kind == "wrong_unit":
         field = "data.unit"
+    elif kind == "participant_scope":
+        field = "participant_id"
     elif code == "wrong_type" and not location:
         code = "not_object"
         message = "the message must be a JSON object"

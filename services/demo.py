@@ -25,6 +25,7 @@ from rich.console import Console
 from infra.broker import EmbeddedBroker, ensure_topics, free_port
 from infra.kafka import reading_consumer, reliable_producer
 from infra.settings import Settings
+from services.bootstrap import build_application
 from services.simulator import CohortSpec, SimulatedMessage, simulate_cohort
 
 TRIAL_LEVEL_KEY = b"-"
@@ -80,6 +81,8 @@ def run_demo(settings: Settings, options: DemoOptions) -> int:
             "TOXWATCH_STORE": "sqlite",
             "TOXWATCH_PARTITIONS": str(settings.partitions),
         }
+        # Create the store's tables once, before the processes that share it start.
+        build_application(settings.model_copy(update={"data_dir": run_dir, "store": "sqlite"}))
         children.append(
             _spawn("worker", env | {"TOXWATCH_METRICS_PORT": str(metrics_port)}, run_dir)
         )

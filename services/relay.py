@@ -85,9 +85,11 @@ class Relay:
                     ("error", json.dumps(event.error).encode()),
                     ("source", f"{event.topic}:{event.partition}:{event.offset}".encode()),
                 ]
-                key = base64.b64decode(event.key_b64) if event.key_b64 is not None else None
                 self.producer.send(
-                    topic, key=key, value=base64.b64decode(event.value_b64), headers=headers
+                    topic,
+                    key=_decode(event.key_b64),
+                    value=_decode(event.value_b64),
+                    headers=headers,
                 )
             else:
                 continue
@@ -99,32 +101,41 @@ class Relay:
                 stop.wait(self.settings.relay_poll_seconds)
 
 
+def _decode(encoded: str | None) -> bytes | None:
+    return base64.b64decode(encoded) if encoded is not None else None
+
+
 def last_published_position(bootstrap_servers: str, topics: Sequence[str]) -> int:
-    """The highest log position in the last message of each partition of ``topics``."""
+    """The highest log position in the tail of each partition of ``topics``.
+
+    Reads from just before each partition's reported end to the real end (some
+    brokers report the end of the last record batch's first record), so that the
+    last message published is always seen.
+    """
     consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False)
     try:
         best = 0
         for topic in topics:
-            partitions = consumer.partitions_for_topic(topic) or set()
-            tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-            if not tps:
+            tps = [
+                TopicPartition(topic, p)
+                for p in sorted(consumer.partitions_for_topic(topic) or set())
+            ]
+            ends = consumer.end_offsets(tps) if tps else {}
+            tails = [tp for tp in tps if ends[tp] > 0]
+            if not tails:
                 continue
-            consumer.assign(tps)
-            ends = consumer.end_offsets(tps)
-            for tp in tps:
-                if ends[tp] == 0:
-                    continue
+            consumer.assign(tails)
+            for tp in tails:
                 consumer.seek(tp, ends[tp] - 1)
-            remaining = {tp for tp in tps if ends[tp] > 0}
-            for _ in range(20):
-                if not remaining:
-                    break
-                for tp, records in consumer.poll(timeout_ms=500).items():
+            empty_polls = 0
+            while empty_polls < 2:
+                polled = consumer.poll(timeout_ms=500)
+                empty_polls = 0 if polled else empty_polls + 1
+                for records in polled.values():
                     for record in records:
                         for name, value in record.headers or []:
                             if name == POSITION_HEADER:
                                 best = max(best, int(value))
-                    remaining.discard(tp)
         return best
     finally:
         consumer.close()
