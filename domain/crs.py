@@ -256,11 +256,26 @@ class _Episode:
     questions: int = 0
 
 
+#: Parameter versions, oldest first, each with the clinical time after which it is in
+#: force (None: from the start).
+ParameterSchedule = Sequence[tuple[datetime | None, CRSParameters]]
+
+
+def params_at(schedule: ParameterSchedule, at: datetime) -> CRSParameters:
+    """The parameters in force at clinical time ``at``."""
+    current = schedule[0][1]
+    for in_force_after, params in schedule:
+        if in_force_after is None or at > in_force_after:
+            current = params
+    return current
+
+
 class _Sweep:
     def __init__(
-        self, params: CRSParameters, infusion_at: datetime | None, as_of: datetime
+        self, schedule: ParameterSchedule, infusion_at: datetime | None, as_of: datetime
     ) -> None:
-        self.params = params
+        self.schedule = schedule
+        self.params = params_at(schedule, as_of)
         self.infusion_at = infusion_at
         self.as_of = as_of
         self.state = _State()
@@ -371,7 +386,8 @@ class _Sweep:
         state = self.state
         for period in self.concurrency:
             in_period = period.start <= at and (period.stop is None or at < period.stop)
-            if in_period and _counts_as_multiple(period, self.params, self.as_of):
+            in_force = params_at(self.schedule, period.start)
+            if in_period and _counts_as_multiple(period, in_force, self.as_of):
                 ids = [i for d, i in sorted(state.running.items()) if d != "vasopressin"]
                 return "multiple_vasopressors", ids
         if state.running:
@@ -556,6 +572,7 @@ class _Sweep:
             self.masked_spell = None
 
     def finish(self) -> CRSDerivation:
+        self.params = params_at(self.schedule, self.as_of)
         if not self.dead:
             self._resolve_if_quiet_long_enough(self.as_of)
         wake: list[datetime] = []
@@ -577,26 +594,30 @@ class _Sweep:
 
 def derive_crs(
     timeline: Sequence[TimelineEntry],
-    params: CRSParameters,
+    params: CRSParameters | ParameterSchedule,
     *,
     infusion_at: datetime | None,
     as_of: datetime,
 ) -> CRSDerivation:
     """Derive CRS grades, episodes and adjudication questions from a timeline.
 
-    ``as_of`` is how far the participant's clinical time has advanced (the latest
-    observation or clock tick): it decides whether a quiet period has lasted long
-    enough to resolve an episode.
+    ``params`` is one parameter set, or a schedule of protocol versions by the
+    clinical time from which each is in force: every instant is graded with the
+    version in force then. ``as_of`` is how far the participant's clinical time has
+    advanced (the latest observation or clock tick): it decides whether a quiet
+    period has lasted long enough to resolve an episode.
     """
+    schedule: ParameterSchedule = [(None, params)] if isinstance(params, CRSParameters) else params
     entries = sorted((e for e in timeline if e.type in CRS_INPUT_TYPES), key=lambda e: e.order)
-    sweep = _Sweep(params, infusion_at, as_of)
+    sweep = _Sweep(schedule, infusion_at, as_of)
     sweep.concurrency = _concurrent_periods(_vasopressor_runs(entries))
     for period in sweep.concurrency:
-        review = timedelta(minutes=params.vasopressor_switch_review_minutes)
+        in_force = params_at(schedule, period.start)
+        review = timedelta(minutes=in_force.vasopressor_switch_review_minutes)
         if (
             period.stop is not None
             and period.stop - period.start < review
-            and _counts_as_multiple(period, params, as_of)
+            and _counts_as_multiple(period, in_force, as_of)
         ):
             sweep.questions[f"overlap:{period.start.isoformat()}"] = AdjudicationQuestion(
                 f"overlap:{period.start.isoformat()}",
@@ -609,6 +630,7 @@ def derive_crs(
     boundaries = sorted({e.at for e in entries} | _period_boundaries(sweep.concurrency))
     index = 0
     for instant in boundaries:
+        sweep.params = params_at(schedule, instant)
         while index < len(entries) and entries[index].at == instant:
             sweep.observe(entries[index])
             index += 1

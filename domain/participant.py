@@ -102,6 +102,18 @@ class Participant(Aggregate):
         site_id: str
         parameters: dict[str, Any]
 
+    class ProtocolApplied(Aggregate.Event):
+        """The protocol version in force for the trial changed: later derivations
+        use these parameters."""
+
+        parameters: dict[str, Any]
+        effective_from: datetime | None
+
+        def apply(self, aggregate: Aggregate) -> None:
+            participant = cast(Participant, aggregate)
+            participant.parameters = ProtocolParameters.model_validate(self.parameters)
+            participant.parameter_schedule.append((self.effective_from, participant.parameters))
+
     class ClinicalEventRecorded(Aggregate.Event):
         event: dict[str, Any]
         received_at: datetime
@@ -148,6 +160,10 @@ class Participant(Aggregate):
         self.participant_id = participant_id
         self.site_id = site_id
         self.parameters = ProtocolParameters.model_validate(parameters)
+        #: Each protocol version with the clinical time after which it is in force.
+        self.parameter_schedule: list[tuple[datetime | None, ProtocolParameters]] = [
+            (None, self.parameters)
+        ]
         self.entries: list[TimelineEntry] = []
         self.seen: set[str] = set()
         self.corrections: dict[str, RecordCorrected] = {}
@@ -172,6 +188,15 @@ class Participant(Aggregate):
         )
 
     # ------------------------------------------------------------------ commands
+
+    def follow_protocol(self, protocol: ProtocolParameters) -> None:
+        """Use the trial's protocol version in force from now on."""
+        if protocol != self.parameters:
+            self.trigger_event(
+                self.ProtocolApplied,
+                parameters=protocol.model_dump(mode="json"),
+                effective_from=self.horizon,
+            )
 
     def record(self, event: ClinicalEvent, received_at: datetime) -> bool:
         """Record an accepted clinical event and derive what follows from it.
@@ -270,7 +295,8 @@ class Participant(Aggregate):
         infusion = next((e for e in timeline if e.type == "infusion.administered"), None)
         infusion_at = infusion.at if infusion is not None else None
         as_of = self.horizon or cause.occurred_at
-        crs = derive_crs(timeline, self.parameters.crs, infusion_at=infusion_at, as_of=as_of)
+        schedule = [(since, version.crs) for since, version in self.parameter_schedule]
+        crs = derive_crs(timeline, schedule, infusion_at=infusion_at, as_of=as_of)
         context = _Context(
             dose_level=self.dose_level_in(timeline),
             infusion_at=infusion_at,

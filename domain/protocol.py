@@ -9,7 +9,7 @@ its record is opened, so a replay grades with the same values.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -65,18 +65,145 @@ class CRSParameters(BaseModel):
     )
 
 
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+Relatedness = Literal["not_related", "unlikely", "possible", "probable", "definite"]
+
+
+class DLTParameters(_Section):
+    """Dose-limiting toxicity template (reference §7); every value a [parameter]."""
+
+    window_days: int = Field(default=28, ge=1, description="window: infusion through this day")
+    relatedness_required: Relatedness = Field(
+        default="possible", description="at least this related to count as a DLT"
+    )
+    lymphodepletion_attribution_counts: bool = True
+    crs_grade3_max_hours: float = Field(default=72.0, gt=0)
+    icans_grade3_max_hours: float = Field(default=72.0, gt=0)
+    nonhematologic_grade3_max_days: float = Field(default=7.0, gt=0)
+    hematologic_grade4_persisting_beyond_day: int = 28
+    improvement_measured_as: Literal["first_to_sustained", "longest_run"] = Field(
+        default="first_to_sustained",
+        description="from the first time grade 3 was met to the start of a sustained return "
+        "to <= grade 2, or the longest continuous run at grade >= 3",
+    )
+    excluded_terms: tuple[str, ...] = (
+        "Fever",
+        "Lymphocyte count decreased",
+        "White blood cell decreased",
+        "B-cell aplasia",
+        "Hypogammaglobulinemia",
+    )
+
+
+class PreInfusionParameters(_Section):
+    """Pre-infusion gates (reference §7, EBMT/EHA autoimmune recommendations [V])."""
+
+    afebrile_hours_before_infusion: float = Field(default=48.0, ge=0)
+    require_confirmed_eligibility: bool = True
+
+
+class ReportingClocks(_Section):
+    """Reporting obligations (reference §10), in hours from awareness."""
+
+    site_to_sponsor_hours: float = 24.0
+    susar_fatal_or_life_threatening_days: float = 7.0
+    susar_other_days: float = 15.0
+    reminder_hours_before: tuple[float, ...] = (12.0, 2.0)
+    protocol_mandated_admission_is_sae: bool = False
+
+
+class BOINDesign(_Section):
+    """BOIN (Liu & Yuan 2015; reference §8)."""
+
+    design: Literal["BOIN"] = "BOIN"
+    target: float = Field(default=0.30, gt=0, lt=1)
+    phi1_ratio: float = Field(default=0.6, gt=0, lt=1)
+    phi2_ratio: float = Field(default=1.4, gt=1)
+    elimination_cutoff: float = Field(default=0.95, gt=0, lt=1)
+    cohort_size: int = Field(default=3, ge=1)
+    max_per_dose: int = Field(default=12, ge=1)
+
+
+class ThreePlusThreeDesign(_Section):
+    design: Literal["3+3"] = "3+3"
+
+
+class BayesianStoppingRule(_Section):
+    """Stop if P(p > p0 | y, n) > cutoff under Beta(a, b) (Thall, Simon & Estey 1995)."""
+
+    kind: Literal["bayesian_beta_binomial"] = "bayesian_beta_binomial"
+    rule_id: str
+    scope: Literal["trial", "dose_level"] = "trial"
+    p0: float = Field(gt=0, lt=1)
+    cutoff: float = Field(gt=0, lt=1)
+    prior_a: float = Field(default=1.0, gt=0)
+    prior_b: float = Field(default=1.0, gt=0)
+    min_evaluable: int = Field(default=3, ge=1)
+
+
+class PocockStoppingRule(_Section):
+    """Pocock-type continuous monitoring (Ivanova, Qaqish & Schell 2005)."""
+
+    kind: Literal["pocock"] = "pocock"
+    rule_id: str
+    scope: Literal["trial", "dose_level"] = "trial"
+    theta0: float = Field(gt=0, lt=1)
+    alpha: float = Field(gt=0, lt=1)
+    max_n: int = Field(ge=1)
+
+
+class FixedPauseRules(_Section):
+    """Fixed pause rules (reference §8), each a [parameter]."""
+
+    related_grade5_pauses: bool = True
+    grade4_crs_or_icans_pauses: bool = True
+    dlts_exceeding_mtd: tuple[int, int] = Field(
+        default=(2, 6), description="(y, n): y DLTs among the first n evaluable at a dose"
+    )
+    suspend_when_pending_fraction_over: float = Field(default=0.5, ge=0, le=1)
+
+
+class DoseLevel(_Section):
+    id: str
+    cells_per_kg: float = Field(gt=0)
+    label: str | None = None
+
+
 class ProtocolParameters(BaseModel):
-    """The parameter set recorded with each participant record."""
+    """A protocol version: every [parameter] of the reference, recorded as a whole
+    with each participant record so that a replay uses the rules in force."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     protocol_id: str = "LUCAR-G79"
     version: str = "0"
+    trial_id: str = "NCT07049081"
     day_zero_is_infusion_day: bool = Field(
         default=True,
         description="[parameter] reference §0.5: Day 0 (oncology convention) or Day 1.",
     )
+    ctcae_version: Literal["5.0", "6.0"] = Field(
+        default="5.0", description="[parameter] reference §0.2: CTCAE v5.0 is the default."
+    )
+    dose_levels: tuple[DoseLevel, ...] = (
+        DoseLevel(id="DL1", cells_per_kg=1.0e6),
+        DoseLevel(id="DL2", cells_per_kg=2.0e6),
+        DoseLevel(id="DL3", cells_per_kg=3.0e6),
+    )
     crs: CRSParameters = CRSParameters()
+    dlt: DLTParameters = DLTParameters()
+    pre_infusion: PreInfusionParameters = PreInfusionParameters()
+    reporting: ReportingClocks = ReportingClocks()
+    escalation: BOINDesign | ThreePlusThreeDesign = Field(
+        default=BOINDesign(), discriminator="design"
+    )
+    stopping_rules: tuple[
+        Annotated[BayesianStoppingRule | PocockStoppingRule, Field(discriminator="kind")], ...
+    ] = ()
+    pause_rules: FixedPauseRules = FixedPauseRules()
 
 
 def study_day(at: datetime, infusion_at: datetime, *, day_zero_is_infusion_day: bool) -> int:

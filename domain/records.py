@@ -12,6 +12,11 @@ from eventsourcing.domain import Aggregate, event
 
 from domain.contract import ClinicalEvent, RejectionError
 from domain.participant import NAMESPACE
+from domain.protocol import ProtocolParameters
+
+
+class ProtocolMismatch(ValueError):
+    """A protocol file names another trial than the one it is activated for."""
 
 
 class PartitionRoster(Aggregate):
@@ -97,7 +102,8 @@ class IngestLedger(Aggregate):
 
 
 class TrialLog(Aggregate):
-    """Trial-level clinical events (committee decisions), recorded once each."""
+    """Trial-level clinical events (committee decisions), recorded once each, and the
+    protocol versions activated for the trial (architecture decision 3)."""
 
     @staticmethod
     def id_for(trial_id: str) -> UUID:
@@ -107,10 +113,33 @@ class TrialLog(Aggregate):
     def __init__(self, trial_id: str) -> None:
         self.trial_id = trial_id
         self.seen: set[str] = set()
+        self.protocol: ProtocolParameters | None = None
 
     @staticmethod
     def create_id(trial_id: str) -> UUID:
         return TrialLog.id_for(trial_id)
+
+    def activate_protocol(
+        self, protocol: ProtocolParameters, *, activated_by: str, reason: str, at: datetime
+    ) -> None:
+        """Put a protocol version in force from this point of the log on."""
+        if protocol.trial_id != self.trial_id:
+            raise ProtocolMismatch(
+                f"protocol {protocol.protocol_id} v{protocol.version} is for trial "
+                f"{protocol.trial_id}, not {self.trial_id}"
+            )
+        self._activated(
+            parameters=protocol.model_dump(mode="json"),
+            activated_by=activated_by,
+            reason=reason,
+            at=at,
+        )
+
+    @event("ProtocolActivated")
+    def _activated(
+        self, parameters: dict[str, Any], activated_by: str, reason: str, at: datetime
+    ) -> None:
+        self.protocol = ProtocolParameters.model_validate(parameters)
 
     def record(self, event: ClinicalEvent, received_at: datetime) -> bool:
         if event.event_id in self.seen:

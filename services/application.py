@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application
@@ -250,6 +250,24 @@ class SafetyMonitoring(Application[UUID]):
                     yield domain_event.to_contract()
             after = notifications[-1].id
 
+    def activate_protocol(
+        self, protocol: ProtocolParameters, *, activated_by: str, reason: str, at: datetime
+    ) -> None:
+        """Record a protocol version as in force for its trial (a human action)."""
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            aggregate_id = TrialLog.id_for(protocol.trial_id)
+            try:
+                trial_log: TrialLog = self.repository.get(aggregate_id)
+            except AggregateNotFoundError:
+                trial_log = TrialLog(protocol.trial_id)
+            trial_log.activate_protocol(protocol, activated_by=activated_by, reason=reason, at=at)
+            try:
+                self.save(trial_log)
+                return
+            except IntegrityError:
+                if attempt == MAX_ATTEMPTS:
+                    raise
+
     def tracked(self, name: str) -> int | None:
         return self.recorder.max_tracking_id(name)  # type: ignore[attr-defined,no-any-return]
 
@@ -271,6 +289,7 @@ class _Batch:
         self.app = app
         self.aggregates: dict[UUID, Aggregate] = {}
         self.positions: dict[tuple[str, int], int] = {}
+        self.protocols: dict[str, ProtocolParameters] = {}
 
     def position(self, message: InboundMessage) -> None:
         self.positions[(message.topic, message.partition)] = message.offset
@@ -290,9 +309,24 @@ class _Batch:
         aggregate_id = participant_aggregate_id(trial_id, participant_id)
         found = self.aggregates.get(aggregate_id)
         if found is None:
+            protocol = self.protocol(trial_id)
             try:
                 found = self.app.repository.get(aggregate_id, deepcopy_from_cache=False)
             except AggregateNotFoundError:
-                found = Participant.open(trial_id, participant_id, site_id, self.app.protocol)
+                found = Participant.open(trial_id, participant_id, site_id, protocol)
+            else:
+                cast(Participant, found).follow_protocol(protocol)
             self.aggregates[aggregate_id] = found
-        return found  # type: ignore[return-value]
+        return cast(Participant, found)
+
+    def protocol(self, trial_id: str) -> ProtocolParameters:
+        """The trial's activated protocol version, else the configured default."""
+        if trial_id not in self.protocols:
+            try:
+                log_: TrialLog = self.app.repository.get(TrialLog.id_for(trial_id))
+            except AggregateNotFoundError:
+                active = None
+            else:
+                active = log_.protocol
+            self.protocols[trial_id] = active or self.app.protocol
+        return self.protocols[trial_id]

@@ -17,8 +17,10 @@ import typer
 from infra.settings import Settings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+protocol_app = typer.Typer(no_args_is_help=True, help="Versioned protocol files.")
 bench_app = typer.Typer(no_args_is_help=True, help="Throughput against a same-run baseline.")
 app.add_typer(bench_app, name="bench")
+app.add_typer(protocol_app, name="protocol")
 
 
 def _settings() -> Settings:
@@ -177,6 +179,48 @@ def demo(
                 metrics_port=metrics_port,
             ),
         )
+    )
+
+
+@protocol_app.command("check")
+def protocol_check(
+    path: Annotated[Path, typer.Argument(help="Protocol TOML file.")],
+) -> None:
+    """Validate a protocol file and print its effective rules (defaults filled in)."""
+    from pydantic import ValidationError
+
+    from services.bootstrap import load_protocol
+
+    try:
+        protocol = load_protocol(path)
+    except (OSError, ValueError) as error:
+        message = str(error)
+        if isinstance(error, ValidationError):
+            message = "\n".join(
+                f"  {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors()
+            )
+        typer.echo(f"{path}: invalid protocol\n{message}", err=True)
+        raise typer.Exit(1) from error
+    typer.echo(f"# {path}: valid, protocol {protocol.protocol_id} version {protocol.version}")
+    typer.echo(json.dumps(protocol.model_dump(mode="json"), indent=2))
+
+
+@protocol_app.command("activate")
+def protocol_activate(
+    path: Annotated[Path, typer.Argument(help="Protocol TOML file.")],
+    by: Annotated[str, typer.Option("--by", help="Who activates it.")],
+    reason: Annotated[str, typer.Option(help="Why (e.g. amendment 2 approved).")],
+) -> None:
+    """Put a protocol version in force for its trial, from this point of the log on."""
+    from datetime import UTC, datetime
+
+    from services.bootstrap import build_application, load_protocol
+
+    protocol = load_protocol(path)
+    application = build_application(_settings())
+    application.activate_protocol(protocol, activated_by=by, reason=reason, at=datetime.now(UTC))
+    typer.echo(
+        f"protocol {protocol.protocol_id} v{protocol.version} active for {protocol.trial_id}"
     )
 
 
