@@ -43,8 +43,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from domain.contract import LabResulted
-from domain.protocol import study_day
-from domain.timeline import TimelineEntry
+from domain.timeline import TimelineEntry, study_day
 
 Phase = Literal["early", "late"]
 

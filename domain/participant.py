@@ -13,6 +13,7 @@ batched, and a late or corrected record that changes the past yields
 from __future__ import annotations
 
 import bisect
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
@@ -26,12 +27,15 @@ from domain.contract import (
     DATA_MODELS,
     ClinicalEvent,
     InfusionAdministered,
+    LabResulted,
     ParticipantEnrolled,
     RecordCorrected,
     RecordVoided,
     SafetyEvent,
 )
-from domain.crs import CRS_INPUT_TYPES, CRSChange, CRSDerivation, derive_crs
+from domain.crs import CRS_INPUT_TYPES, CRSDerivation, CRSEpisode, derive_crs
+from domain.icaht import ICAHTDerivation, derive_icaht
+from domain.icans import ICANS_INPUT_TYPES, ICANSDerivation, ICANSEpisode, derive_icans
 from domain.protocol import ProtocolParameters, study_day
 from domain.timeline import AdjudicationQuestion, TimelineEntry
 
@@ -69,14 +73,27 @@ class SafetyEventRecorded(Aggregate.Event):
         )
 
 
-#: Event types whose arrival can change a derivation (others only move the clock).
-DERIVING_TYPES = CRS_INPUT_TYPES | {
-    "participant.enrolled",
-    "infusion.administered",
-    "record.corrected",
-    "record.voided",
-    "clock.ticked",
-}
+ALL_SYSTEMS = frozenset({"CRS", "ICANS", "ICAHT"})
+#: Event types that can change every derivation (the timeline's frame, or any record).
+_FRAME_TYPES = frozenset(
+    {"participant.enrolled", "infusion.administered", "record.corrected", "record.voided"}
+)
+
+
+def _systems_for(event: ClinicalEvent) -> frozenset[str]:
+    """The rule systems whose derivation the arrival of ``event`` can change (others
+    change only with time, through a due clock tick)."""
+    if event.type in _FRAME_TYPES:
+        return ALL_SYSTEMS
+    systems = set()
+    if event.type in CRS_INPUT_TYPES:
+        systems.add("CRS")
+    if event.type in ICANS_INPUT_TYPES:
+        systems.add("ICANS")
+    if isinstance(event.data, LabResulted) and event.data.analyte == "anc":
+        systems.add("ICAHT")
+    return frozenset(systems)
+
 
 _Published = tuple[datetime, int, int]  # (effective_at, episode, grade)
 
@@ -125,27 +142,45 @@ class Participant(Aggregate):
         contract_type = "crs.graded"
 
         def apply(self, aggregate: Aggregate) -> None:
-            point = (self.effective_at, self.data["episode"], self.data["grade"])
-            _put_point(cast(Participant, aggregate).published_crs, point)
+            cast(Participant, aggregate).put_published("CRS", self.effective_at, self.data)
 
     class CRSResolved(SafetyEventRecorded):
         contract_type = "crs.resolved"
 
         def apply(self, aggregate: Aggregate) -> None:
             resolved = cast(Participant, aggregate).published_resolutions
-            resolved[self.data["episode"]] = self.data["resolved_at"]
+            resolved[("CRS", self.data["episode"])] = self.data["resolved_at"]
+
+    class ICANSGraded(SafetyEventRecorded):
+        contract_type = "icans.graded"
+
+        def apply(self, aggregate: Aggregate) -> None:
+            cast(Participant, aggregate).put_published("ICANS", self.effective_at, self.data)
+
+    class ICANSResolved(SafetyEventRecorded):
+        contract_type = "icans.resolved"
+
+        def apply(self, aggregate: Aggregate) -> None:
+            resolved = cast(Participant, aggregate).published_resolutions
+            resolved[("ICANS", self.data["episode"])] = self.data["resolved_at"]
+
+    class ICAHTGraded(SafetyEventRecorded):
+        contract_type = "icaht.graded"
+
+        def apply(self, aggregate: Aggregate) -> None:
+            term = f"ICAHT {self.data['phase']}"
+            cast(Participant, aggregate).put_published(term, self.effective_at, self.data)
 
     class GradeRevised(SafetyEventRecorded):
         contract_type = "grade.revised"
 
         def apply(self, aggregate: Aggregate) -> None:
             participant = cast(Participant, aggregate)
-            if self.data["term"] != "CRS":
-                return
+            term = self.data["term"]
             if self.data.get("resolution_withdrawn"):
-                participant.published_resolutions.pop(self.data["episode"], None)
-            point = (self.effective_at, self.data["episode"], self.data["to_grade"])
-            _put_point(participant.published_crs, point)
+                participant.published_resolutions.pop((term, self.data["episode"]), None)
+            data = {"episode": self.data.get("episode", 0), "grade": self.data["to_grade"]}
+            participant.put_published(term, self.effective_at, data)
 
     class AdjudicationRequested(SafetyEventRecorded):
         contract_type = "adjudication.requested"
@@ -169,10 +204,16 @@ class Participant(Aggregate):
         self.corrections: dict[str, RecordCorrected] = {}
         self.voided: set[str] = set()
         self.horizon: datetime | None = None
-        self.published_crs: list[_Published] = []
-        self.published_resolutions: dict[int, str] = {}
+        #: What was published, per term: the grade timeline consumers were told.
+        self.published: dict[str, list[_Published]] = {}
+        self.published_resolutions: dict[tuple[str, int], str] = {}
         self.published_questions: set[str] = set()
         self.wake_at: datetime | None = None
+        #: When each rule system next changes with time alone (as of its last derivation).
+        self.wakes: dict[str, datetime | None] = {}
+
+    def put_published(self, term: str, at: datetime, data: dict[str, Any]) -> None:
+        _put_point(self.published.setdefault(term, []), (at, data.get("episode", 0), data["grade"]))
 
     @classmethod
     def open(
@@ -215,8 +256,9 @@ class Participant(Aggregate):
             self.ClinicalEventRecorded, event=event.to_wire(), received_at=received_at
         )
         due = self.wake_at is not None and self.horizon is not None and self.horizon >= self.wake_at
-        if event.type in DERIVING_TYPES or due:
-            self._derive(event, horizon_before)
+        systems = _systems_for(event) | (ALL_SYSTEMS if due else frozenset())
+        if systems:
+            self._derive(event, horizon_before, systems)
         return True
 
     # ------------------------------------------------------------------ state
@@ -290,26 +332,101 @@ class Participant(Aggregate):
 
     # ------------------------------------------------------------------ derivation
 
-    def _derive(self, cause: ClinicalEvent, horizon_before: datetime | None) -> None:
+    def _derive(
+        self, cause: ClinicalEvent, horizon_before: datetime | None, systems: frozenset[str]
+    ) -> None:
+        """Re-derive the rule systems the event can affect and publish what changed."""
         timeline, questions = self.effective_timeline()
         infusion = next((e for e in timeline if e.type == "infusion.administered"), None)
         infusion_at = infusion.at if infusion is not None else None
         as_of = self.horizon or cause.occurred_at
-        schedule = [(since, version.crs) for since, version in self.parameter_schedule]
-        crs = derive_crs(timeline, schedule, infusion_at=infusion_at, as_of=as_of)
+        parameters = self.parameters
         context = _Context(
             dose_level=self.dose_level_in(timeline),
             infusion_at=infusion_at,
-            day_zero_is_infusion_day=self.parameters.day_zero_is_infusion_day,
+            day_zero_is_infusion_day=parameters.day_zero_is_infusion_day,
             because=_because(cause),
             cause_id=cause.event_id,
         )
-        published_before = list(self.published_crs)
-        self._publish_revisions(crs, context, horizon_before)
-        self._publish_changes(crs, context, published_before)
-        self._publish_resolutions(crs, context)
-        self._publish_questions([*questions, *crs.questions], context)
-        self.wake_at = crs.next_wake_at
+        found: list[AdjudicationQuestion] = list(questions)
+        if "CRS" in systems:
+            found.extend(self._derive_crs(timeline, context, infusion_at, as_of, horizon_before))
+        if "ICANS" in systems:
+            found.extend(self._derive_icans(timeline, context, infusion_at, as_of, horizon_before))
+        if "ICAHT" in systems:
+            icaht = derive_icaht(
+                timeline,
+                parameters.icaht,
+                infusion_at=infusion_at,
+                day_zero_is_infusion_day=parameters.day_zero_is_infusion_day,
+                as_of=as_of,
+            )
+            for phase in ("early", "late"):
+                points = _icaht_points(icaht, phase, timeline, parameters, infusion_at)
+                self._publish_grades(
+                    f"ICAHT {phase}", self.ICAHTGraded, points, context, horizon_before
+                )
+        self._publish_questions(found, context)
+        self.wake_at = min(
+            (w for w in self.wakes.values() if w is not None and w > as_of), default=None
+        )
+
+    def _derive_crs(
+        self,
+        timeline: list[TimelineEntry],
+        context: _Context,
+        infusion_at: datetime | None,
+        as_of: datetime,
+        horizon_before: datetime | None,
+    ) -> tuple[AdjudicationQuestion, ...]:
+        parameters = self.parameters
+        schedule = [(since, version.crs) for since, version in self.parameter_schedule]
+        crs = derive_crs(timeline, schedule, infusion_at=infusion_at, as_of=as_of)
+        self._publish_grades(
+            "CRS", self.CRSGraded, _crs_points(crs, context), context, horizon_before
+        )
+        self._publish_episodes(
+            "CRS",
+            self.CRSResolved,
+            crs.episodes,
+            crs.grade_at,
+            context,
+            {
+                "criteria": "ASTCT-2019",
+                "resolution_rule": "afebrile, no hypotension, off vasopressors and oxygen "
+                f"for {parameters.crs.resolution_hours:g} h",
+            },
+        )
+        self.wakes["CRS"] = crs.next_wake_at
+        return crs.questions
+
+    def _derive_icans(
+        self,
+        timeline: list[TimelineEntry],
+        context: _Context,
+        infusion_at: datetime | None,
+        as_of: datetime,
+        horizon_before: datetime | None,
+    ) -> tuple[AdjudicationQuestion, ...]:
+        parameters = self.parameters
+        icans = derive_icans(timeline, parameters.icans, infusion_at=infusion_at, as_of=as_of)
+        self._publish_grades(
+            "ICANS", self.ICANSGraded, _icans_points(icans, context), context, horizon_before
+        )
+        self._publish_episodes(
+            "ICANS",
+            self.ICANSResolved,
+            icans.episodes,
+            icans.grade_at,
+            context,
+            {
+                "criteria": "ASTCT-2019",
+                "resolution_rule": "ICE 10 with no other finding for "
+                f"{parameters.icans.resolution_hours:g} h",
+            },
+        )
+        self.wakes["ICANS"] = icans.next_wake_at
+        return icans.questions
 
     def _emit(
         self,
@@ -329,31 +446,58 @@ class Participant(Aggregate):
             data=data,
         )
 
-    def _publish_revisions(
-        self, crs: CRSDerivation, context: _Context, horizon_before: datetime | None
+    def _publish_grades(
+        self,
+        term: str,
+        event_class: type[SafetyEventRecorded],
+        points: Sequence[_GradePoint],
+        context: _Context,
+        horizon_before: datetime | None,
     ) -> None:
-        if horizon_before is None:
-            return
-        old = list(self.published_crs)
-        instants = sorted({p[0] for p in old} | {c.at for c in crs.changes})
+        """Publish a term's derived grade timeline against what was published before.
+
+        Where the grade of a moment already published (before ``horizon_before``)
+        changed, ``grade.revised``; each change point not published before, the
+        term's graded event with ``previous_grade`` = what was published for that
+        moment until now.
+        """
+        published_before = list(self.published.get(term, ()))
+        derived = [(p.at, p.episode, p.grade) for p in points]
+        if horizon_before is not None:
+            self._publish_revisions(term, published_before, derived, context, horizon_before)
+        believed = list(published_before)
+        for point in points:
+            key = (point.at, point.episode, point.grade)
+            index = bisect.bisect_left(published_before, key)
+            if index < len(published_before) and published_before[index] == key:
+                continue
+            previous_grade = _grade_from(believed, point.at)
+            _put_point(believed, key)
+            data = dict(point.data)
+            data["previous_grade"] = previous_grade
+            self._emit(event_class, context, point.at, list(point.caused_by), data)
+
+    def _publish_revisions(
+        self,
+        term: str,
+        old: list[_Published],
+        new: list[_Published],
+        context: _Context,
+        horizon_before: datetime,
+    ) -> None:
+        instants = sorted({p[0] for p in old} | {p[0] for p in new})
         previous_pair: tuple[int, int] | None = None
         for at in instants:
             if at >= horizon_before:
                 break
-            pair = (_grade_from(old, at), crs.grade_at(at))
+            pair = (_grade_from(old, at), _grade_from(new, at))
             if pair[0] != pair[1] and pair != previous_pair:
-                self._revise_crs(context, at, *pair, episode=_episode_at(crs.changes, at))
+                self._revise(term, context, at, *pair, episode=_episode_from(new, at))
             previous_pair = pair
-        for episode, resolved_at in sorted(self.published_resolutions.items()):
-            still = next((e for e in crs.episodes if e.number == episode), None)
-            if still is None or still.resolved_at is None:
-                at = datetime.fromisoformat(resolved_at)
-                self._revise_crs(
-                    context, at, 0, crs.grade_at(at), episode=episode, resolution_withdrawn=True
-                )
 
-    def _revise_crs(
+    def _revise(
         self,
+        term: str,
         context: _Context,
         at: datetime,
         from_grade: int,
@@ -363,7 +507,7 @@ class Participant(Aggregate):
         **extra: Any,
     ) -> None:
         data = {
-            "term": "CRS",
+            "term": term,
             "from_grade": from_grade,
             "to_grade": to_grade,
             "because": context.because,
@@ -371,52 +515,43 @@ class Participant(Aggregate):
         }
         self._emit(self.GradeRevised, context, at, [context.cause_id], data | extra)
 
-    def _publish_changes(
-        self, crs: CRSDerivation, context: _Context, published_before: list[_Published]
+    def _publish_episodes(
+        self,
+        term: str,
+        event_class: type[SafetyEventRecorded],
+        episodes: Sequence[CRSEpisode | ICANSEpisode],
+        grade_at: Callable[[datetime], int],
+        context: _Context,
+        rule: dict[str, Any],
     ) -> None:
-        """Emit each change point not published before; ``previous_grade`` is what was
-        published for that moment until now."""
-        believed = list(published_before)
-        for change in crs.changes:
-            point = (change.at, change.episode, change.grade)
-            index = bisect.bisect_left(published_before, point)
-            if index < len(published_before) and published_before[index] == point:
-                continue
-            previous_grade = _grade_from(believed, change.at)
-            _put_point(believed, point)
-            self._emit(
-                self.CRSGraded,
-                context,
-                change.at,
-                list(change.caused_by),
-                _crs_graded_data(change, previous_grade, context),
-            )
-
-    def _publish_resolutions(self, crs: CRSDerivation, context: _Context) -> None:
-        for episode in crs.episodes:
-            if episode.resolved_at is None:
-                continue
+        """Publish resolved episodes; withdraw a published resolution that no longer
+        holds (late or corrected data) with ``grade.revised``."""
+        resolved_now = {e.number: e for e in episodes if e.resolved_at is not None}
+        for (published_term, number), resolved_at in sorted(self.published_resolutions.items()):
+            if published_term == term and number not in resolved_now:
+                at = datetime.fromisoformat(resolved_at)
+                self._revise(
+                    term, context, at, 0, grade_at(at), episode=number, resolution_withdrawn=True
+                )
+        for number, episode in sorted(resolved_now.items()):
+            assert episode.resolved_at is not None  # narrowed by resolved_now
             resolved_at = episode.resolved_at.isoformat()
-            if self.published_resolutions.get(episode.number) == resolved_at:
+            if self.published_resolutions.get((term, number)) == resolved_at:
                 continue
             hours = (episode.resolved_at - episode.onset_at).total_seconds() / 3600
+            data = {
+                "episode": number,
+                "max_grade": episode.max_grade,
+                "onset_at": episode.onset_at.isoformat(),
+                "resolved_at": resolved_at,
+                "duration_hours": round(hours, 2),
+            }
             self._emit(
-                self.CRSResolved,
+                event_class,
                 context,
                 episode.resolved_at,
                 list(episode.onset_caused_by),
-                {
-                    "episode": episode.number,
-                    "max_grade": episode.max_grade,
-                    "onset_at": episode.onset_at.isoformat(),
-                    "resolved_at": resolved_at,
-                    "duration_hours": round(hours, 2),
-                    "criteria": "ASTCT-2019",
-                    "resolution_rule": (
-                        f"afebrile, no hypotension, off vasopressors and oxygen for "
-                        f"{self.parameters.crs.resolution_hours:g} h"
-                    ),
-                },
+                data | rule,
             )
 
     def _publish_questions(self, questions: list[AdjudicationQuestion], context: _Context) -> None:
@@ -457,33 +592,99 @@ def _because(cause: ClinicalEvent) -> str:
     return {"record.corrected": "correction", "record.voided": "void"}.get(cause.type, "late_data")
 
 
-def _episode_at(changes: tuple[CRSChange, ...], at: datetime) -> int:
-    episode = 0
-    for change in changes:
-        if change.at > at:
-            break
-        episode = change.episode
-    return episode
+@dataclass(frozen=True)
+class _GradePoint:
+    """A derived change of a term's grade, with its event data (less previous_grade)."""
+
+    at: datetime
+    episode: int
+    grade: int
+    caused_by: tuple[str, ...]
+    data: dict[str, Any]
 
 
-def _crs_graded_data(change: CRSChange, previous_grade: int, context: _Context) -> dict[str, Any]:
-    basis = change.basis
-    data: dict[str, Any] = {
-        "episode": change.episode,
-        "grade": change.grade,
-        "previous_grade": previous_grade,
-        "provisional": change.provisional,
-        "criteria": "ASTCT-2019",
-        "basis": {
-            "fever_c": basis.fever_c,
-            "fever_waived_by": basis.fever_waived_by,
-            "hypotension": basis.hypotension,
-            "hypoxia": basis.hypoxia,
-            "vasopressors": list(basis.vasopressors),
-            "oxygen_device": basis.oxygen_device,
-            "flow_l_min": basis.flow_l_min,
-        },
-        "explanation": basis.explain(change.grade),
-        "study_day": context.study_day(change.at),
-    }
-    return data
+def _episode_from(points: list[_Published], at: datetime) -> int:
+    index = bisect.bisect_right(points, (at, 10**9, 10**9))
+    return points[index - 1][1] if index else 0
+
+
+def _crs_points(crs: CRSDerivation, context: _Context) -> list[_GradePoint]:
+    points = []
+    for change in crs.changes:
+        basis = change.basis
+        data: dict[str, Any] = {
+            "episode": change.episode,
+            "grade": change.grade,
+            "provisional": change.provisional,
+            "criteria": "ASTCT-2019",
+            "basis": {
+                "fever_c": basis.fever_c,
+                "fever_waived_by": basis.fever_waived_by,
+                "hypotension": basis.hypotension,
+                "hypoxia": basis.hypoxia,
+                "vasopressors": list(basis.vasopressors),
+                "oxygen_device": basis.oxygen_device,
+                "flow_l_min": basis.flow_l_min,
+            },
+            "explanation": basis.explain(change.grade),
+            "study_day": context.study_day(change.at),
+        }
+        points.append(_GradePoint(change.at, change.episode, change.grade, change.caused_by, data))
+    return points
+
+
+def _icans_points(icans: ICANSDerivation, context: _Context) -> list[_GradePoint]:
+    points = []
+    for change in icans.changes:
+        basis = change.basis
+        data: dict[str, Any] = {
+            "episode": change.episode,
+            "grade": change.grade,
+            "provisional": change.provisional,
+            "criteria": "ASTCT-2019",
+            "basis": {
+                "ice_score": basis.ice_score,
+                "ice_items": basis.ice_items,
+                "consciousness": basis.consciousness,
+                "seizure": basis.seizure,
+                "motor_weakness": basis.motor_weakness,
+                "cerebral_edema": basis.cerebral_edema,
+                "raised_icp_signs": list(basis.raised_icp_signs),
+                "not_assessable": list(basis.not_assessable),
+            },
+            "explanation": basis.explain(change.grade),
+            "study_day": context.study_day(change.at),
+        }
+        points.append(_GradePoint(change.at, change.episode, change.grade, change.caused_by, data))
+    return points
+
+
+def _icaht_points(
+    icaht: ICAHTDerivation,
+    phase: str,
+    timeline: list[TimelineEntry],
+    parameters: ProtocolParameters,
+    infusion_at: datetime | None,
+) -> list[_GradePoint]:
+    points = []
+    for change in icaht.changes:
+        if change.phase != phase:
+            continue
+        then = derive_icaht(
+            timeline,
+            parameters.icaht,
+            infusion_at=infusion_at,
+            day_zero_is_infusion_day=parameters.day_zero_is_infusion_day,
+            as_of=change.at,
+        )
+        result = then.early if phase == "early" else then.late
+        data: dict[str, Any] = {
+            "phase": phase,
+            "grade": change.grade,
+            "criteria": "ICAHT-2023",
+            "days_anc_le_0_5": result.days_anc_le_0_5 if result else 0,
+            "days_anc_le_0_1": result.days_anc_le_0_1 if result else 0,
+            "nadir_anc_10e9_l": result.nadir_anc_10e9_l if result else None,
+        }
+        points.append(_GradePoint(change.at, 0, change.grade, change.caused_by, data))
+    return points

@@ -8,10 +8,15 @@ its record is opened, so a replay grades with the same values.
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from domain.icaht import ICAHTParameters
+from domain.icans import ICANSParameters
+from domain.timeline import study_day
+
+__all__ = ["CRSParameters", "ProtocolParameters", "study_day"]
 
 WaiverDrugClass = Literal["antipyretic", "anti_il6", "il1_blocker", "corticosteroid"]
 
@@ -194,6 +199,8 @@ class ProtocolParameters(BaseModel):
         DoseLevel(id="DL3", cells_per_kg=3.0e6),
     )
     crs: CRSParameters = CRSParameters()
+    icans: ICANSParameters = ICANSParameters()
+    icaht: ICAHTParameters = ICAHTParameters()
     dlt: DLTParameters = DLTParameters()
     pre_infusion: PreInfusionParameters = PreInfusionParameters()
     reporting: ReportingClocks = ReportingClocks()
@@ -204,17 +211,3 @@ class ProtocolParameters(BaseModel):
         Annotated[BayesianStoppingRule | PocockStoppingRule, Field(discriminator="kind")], ...
     ] = ()
     pause_rules: FixedPauseRules = FixedPauseRules()
-
-
-def study_day(at: datetime, infusion_at: datetime, *, day_zero_is_infusion_day: bool) -> int:
-    """The protocol study day of ``at`` (reference §0.5).
-
-    Days are calendar days in the infusion's UTC offset: the infusion's calendar day
-    is Day 0 (or Day 1), the day before it Day -1 (there is no Day 0 under the Day 1
-    convention, as in oncology protocols that count D-1, D1).
-    """
-    local = at.astimezone(infusion_at.tzinfo)
-    delta = (local.date() - infusion_at.date()).days
-    if day_zero_is_infusion_day or delta < 0:
-        return delta
-    return delta + 1

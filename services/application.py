@@ -36,12 +36,8 @@ A = TypeVar("A", bound=Aggregate)
 #: Stored-event topics of the derived safety events (what the relay publishes).
 SAFETY_EVENT_TOPICS = tuple(
     f"{cls.__module__}:{cls.__qualname__}"
-    for cls in (
-        Participant.CRSGraded,
-        Participant.CRSResolved,
-        Participant.GradeRevised,
-        Participant.AdjudicationRequested,
-    )
+    for cls in vars(Participant).values()
+    if isinstance(cls, type) and issubclass(cls, SafetyEventRecorded)
 )
 REJECTION_TOPIC = (
     f"{IngestLedger.MessageRejected.__module__}:{IngestLedger.MessageRejected.__qualname__}"

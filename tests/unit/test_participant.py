@@ -246,3 +246,61 @@ def test_derived_events_do_not_depend_on_how_the_record_is_rebuilt():
     ids_second = [e["event_id"] for e in derived(second)]
     assert ids_first == ids_second
     assert len(set(ids_first)) == len(ids_first)
+
+
+def test_icans_grade_and_resolution_are_published():
+    # Vignette 11: ICE 5/10, awakens to voice -> ICANS grade 2 (reference §2); resolved
+    # 24 h after ICE 10 with no other finding (the template's resolution rule).
+    participant = opened()
+    participant.collect_events()
+    participant.record(
+        clinical(
+            "n1", "neuro.assessed", at(6, "09:00"), ice_score=5, consciousness="awakens_to_voice"
+        ),
+        RECEIVED,
+    )
+    participant.record(
+        clinical("n2", "neuro.assessed", at(7, "09:00"), ice_score=10, consciousness="awake"),
+        RECEIVED,
+    )
+    participant.record(clinical("t1", "clock.ticked", at(8, "09:00"), participant="-"), RECEIVED)
+    events = derived(participant)
+    grades = [
+        (e["data"]["grade"], e["data"]["previous_grade"]) for e in of_type(events, "icans.graded")
+    ]
+    assert grades == [(2, 0), (0, 2)]
+    first = of_type(events, "icans.graded")[0]
+    assert first["data"]["basis"]["ice_score"] == 5
+    assert first["caused_by"] == ["n1"]
+    (resolved,) = of_type(events, "icans.resolved")
+    assert resolved["data"]["resolved_at"] == at(7, "09:00").isoformat()
+    assert resolved["data"]["max_grade"] == 2
+
+
+def test_early_icaht_is_published_with_its_durations():
+    # Vignette 16: ANC <= 0.5 from D+2 to D+10 (9 days), stable > 0.5 from D+11
+    # -> early ICAHT grade 2 (reference §4: 7-13 days at <= 0.5).
+    participant = opened()
+    participant.collect_events()
+    values = {d: 0.3 for d in range(2, 11)} | {d: 1.2 for d in range(11, 15)} | {1: 1.8}
+    for d, anc in sorted(values.items()):
+        participant.record(
+            clinical(
+                f"anc{d}",
+                "lab.resulted",
+                at(d, "07:00"),
+                analyte="anc",
+                value=anc,
+                unit="10*9/L",
+                reference_low=1.8,
+                reference_high=7.7,
+            ),
+            RECEIVED,
+        )
+    graded = of_type(derived(participant), "icaht.graded")
+    assert [(e["data"]["phase"], e["data"]["grade"]) for e in graded] == [
+        ("early", 1),
+        ("early", 2),
+    ]
+    assert graded[-1]["data"]["days_anc_le_0_5"] == 7
+    assert graded[-1]["data"]["criteria"] == "ICAHT-2023"
