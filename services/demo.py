@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from kafka import KafkaProducer
 from rich.console import Console
@@ -29,6 +30,18 @@ from services.bootstrap import build_application
 from services.simulator import CohortSpec, SimulatedMessage, simulate_cohort
 
 TRIAL_LEVEL_KEY = b"-"
+FEED_TYPES = frozenset(
+    {
+        "crs.graded",
+        "crs.resolved",
+        "icans.graded",
+        "icans.resolved",
+        "icaht.graded",
+        "grade.revised",
+        "adjudication.requested",
+    }
+)
+_COLOUR = {0: "dim", 1: "cyan", 2: "yellow", 3: "red", 4: "bold red", 5: "bold red"}
 
 
 @dataclass(frozen=True)
@@ -207,15 +220,15 @@ def _feed(
                         continue
                     progress.derived += 1
                     event = json.loads(record.value)
-                    if event["type"] in ("crs.graded", "crs.resolved", "grade.revised"):
-                        progress.crs_changes += 1
+                    if event["type"] in FEED_TYPES:
+                        progress.crs_changes += event["type"].startswith("crs.")
                         console.print(_describe(event))
             now = time.monotonic()
             if now - last_status >= 5:
                 last_status = now
                 console.print(
                     f"[dim]produced {progress.produced}/{progress.total} · derived "
-                    f"{progress.derived} · CRS changes {progress.crs_changes} · rejected "
+                    f"{progress.derived} · CRS events {progress.crs_changes} · rejected "
                     f"{progress.rejected}[/dim]"
                 )
             for child in children:
@@ -231,27 +244,35 @@ def _feed(
         consumer.close()
 
 
-def _describe(event: dict[str, object]) -> str:
+def _describe(event: dict[str, Any]) -> str:
     data = event["data"]
-    assert isinstance(data, dict)
     who = f"{event['participant_id']} {event.get('dose_level') or '?'}"
     when = str(event["effective_at"])[:16].replace("T", " ")
-    if event["type"] == "crs.resolved":
+    kind = event["type"]
+    day = data.get("study_day")
+    on_day = f"D{day:+}  " if isinstance(day, int) else ""
+    if kind in ("crs.resolved", "icans.resolved"):
+        term = kind.split(".")[0].upper()
         return (
-            f"{when}  {who}  [green]CRS episode {data['episode']} resolved[/green] "
+            f"{when}  {who}  [green]{term} episode {data['episode']} resolved[/green] "
             f"(max grade {data['max_grade']}, {data['duration_hours']} h)"
         )
-    if event["type"] == "grade.revised":
+    if kind == "grade.revised":
         return (
-            f"{when}  {who}  [yellow]CRS revised {data['from_grade']} → {data['to_grade']}[/yellow]"
-            f" ({data['because']})"
+            f"{when}  {who}  [yellow]{data['term']} revised {data['from_grade']} → "
+            f"{data['to_grade']}[/yellow] ({data['because']})"
         )
-    colour = {0: "dim", 1: "cyan", 2: "yellow", 3: "red", 4: "bold red", 5: "bold red"}
-    grade = int(str(data["grade"]))
-    day = data.get("study_day")
+    if kind == "adjudication.requested":
+        return f"{when}  {who}  [magenta]adjudication requested[/magenta]: {data['question']}"
+    grade = int(data["grade"])
+    colour = _COLOUR[grade]
+    if kind == "icaht.graded":
+        return (
+            f"{when}  {who}  [{colour}]ICAHT {data['phase']} grade {grade}[/{colour}] "
+            f"({data['days_anc_le_0_5']} days ANC <= 0.5)"
+        )
+    term = kind.split(".")[0].upper()
     return (
-        f"{when}  {who}  D{day:+}  [{colour[grade]}]CRS grade {grade}[/{colour[grade]}] "
+        f"{when}  {who}  {on_day}[{colour}]{term} grade {grade}[/{colour}] "
         f"(was {data['previous_grade']}): {data['explanation']}"
-        if isinstance(day, int)
-        else f"{when}  {who}  CRS grade {grade}: {data['explanation']}"
     )
