@@ -32,8 +32,11 @@ from domain.contract import (
     RecordCorrected,
     RecordVoided,
     SafetyEvent,
+    VitalsRecorded,
 )
 from domain.crs import CRS_INPUT_TYPES, CRSDerivation, CRSEpisode, derive_crs
+from domain.ctcae import FEVER_TERM, derive_toxicities
+from domain.ctcae import TERMS as CTCAE_TERMS
 from domain.icaht import ICAHTDerivation, derive_icaht
 from domain.icans import ICANS_INPUT_TYPES, ICANSDerivation, ICANSEpisode, derive_icans
 from domain.protocol import ProtocolParameters, study_day
@@ -73,10 +76,17 @@ class SafetyEventRecorded(Aggregate.Event):
         )
 
 
-ALL_SYSTEMS = frozenset({"CRS", "ICANS", "ICAHT"})
+ALL_SYSTEMS = frozenset({"CRS", "ICANS", "ICAHT", "CTCAE"})
+_NOT_CTCAE = frozenset({"CRS", "ICANS", "ICAHT early", "ICAHT late"})
 #: Event types that can change every derivation (the timeline's frame, or any record).
 _FRAME_TYPES = frozenset(
-    {"participant.enrolled", "infusion.administered", "record.corrected", "record.voided"}
+    {
+        "participant.enrolled",
+        "lymphodepletion.administered",
+        "infusion.administered",
+        "record.corrected",
+        "record.voided",
+    }
 )
 
 
@@ -90,9 +100,22 @@ def _systems_for(event: ClinicalEvent) -> frozenset[str]:
         systems.add("CRS")
     if event.type in ICANS_INPUT_TYPES:
         systems.add("ICANS")
-    if isinstance(event.data, LabResulted) and event.data.analyte == "anc":
-        systems.add("ICAHT")
+    if isinstance(event.data, LabResulted):
+        systems.add("CTCAE")
+        if event.data.analyte == "anc":
+            systems.add("ICAHT")
+    if isinstance(event.data, VitalsRecorded) and event.data.temperature_c is not None:
+        systems.add("CTCAE")
     return frozenset(systems)
+
+
+def _ctcae_subject(entry_data: BaseModel) -> str | None:
+    """What a CTCAE derivation is about: an analyte, or temperature (Fever)."""
+    if isinstance(entry_data, LabResulted):
+        return entry_data.analyte
+    if isinstance(entry_data, VitalsRecorded) and entry_data.temperature_c is not None:
+        return "temperature"
+    return None
 
 
 _Published = tuple[datetime, int, int]  # (effective_at, episode, grade)
@@ -170,6 +193,13 @@ class Participant(Aggregate):
         def apply(self, aggregate: Aggregate) -> None:
             term = f"ICAHT {self.data['phase']}"
             cast(Participant, aggregate).put_published(term, self.effective_at, self.data)
+
+    class ToxicityGraded(SafetyEventRecorded):
+        contract_type = "toxicity.graded"
+
+        def apply(self, aggregate: Aggregate) -> None:
+            participant = cast(Participant, aggregate)
+            participant.put_published(self.data["term"], self.effective_at, self.data)
 
     class GradeRevised(SafetyEventRecorded):
         contract_type = "grade.revised"
@@ -251,14 +281,13 @@ class Participant(Aggregate):
             self.wake_at is None or event.occurred_at < self.wake_at
         ):
             return False
-        horizon_before = self.horizon
         self.trigger_event(
             self.ClinicalEventRecorded, event=event.to_wire(), received_at=received_at
         )
         due = self.wake_at is not None and self.horizon is not None and self.horizon >= self.wake_at
         systems = _systems_for(event) | (ALL_SYSTEMS if due else frozenset())
         if systems:
-            self._derive(event, horizon_before, systems)
+            self._derive(event, systems)
         return True
 
     # ------------------------------------------------------------------ state
@@ -332,11 +361,20 @@ class Participant(Aggregate):
 
     # ------------------------------------------------------------------ derivation
 
-    def _derive(
-        self, cause: ClinicalEvent, horizon_before: datetime | None, systems: frozenset[str]
-    ) -> None:
-        """Re-derive the rule systems the event can affect and publish what changed."""
+    def _derive(self, cause: ClinicalEvent, systems: frozenset[str]) -> None:
+        """Re-derive the rule systems the event can affect and publish what changed.
+
+        What a system had already published for a moment before the latest of its
+        own inputs (other than ``cause``) is the past: changing it is a revision.
+        """
         timeline, questions = self.effective_timeline()
+
+        def known_until(inputs: Callable[[TimelineEntry], object]) -> datetime | None:
+            return max(
+                (e.at for e in timeline if e.event_id != cause.event_id and inputs(e)),
+                default=None,
+            )
+
         infusion = next((e for e in timeline if e.type == "infusion.administered"), None)
         infusion_at = infusion.at if infusion is not None else None
         as_of = self.horizon or cause.occurred_at
@@ -350,9 +388,11 @@ class Participant(Aggregate):
         )
         found: list[AdjudicationQuestion] = list(questions)
         if "CRS" in systems:
-            found.extend(self._derive_crs(timeline, context, infusion_at, as_of, horizon_before))
+            known = known_until(lambda e: e.type in CRS_INPUT_TYPES)
+            found.extend(self._derive_crs(timeline, context, infusion_at, as_of, known))
         if "ICANS" in systems:
-            found.extend(self._derive_icans(timeline, context, infusion_at, as_of, horizon_before))
+            known = known_until(lambda e: e.type in ICANS_INPUT_TYPES)
+            found.extend(self._derive_icans(timeline, context, infusion_at, as_of, known))
         if "ICAHT" in systems:
             icaht = derive_icaht(
                 timeline,
@@ -361,11 +401,14 @@ class Participant(Aggregate):
                 day_zero_is_infusion_day=parameters.day_zero_is_infusion_day,
                 as_of=as_of,
             )
+            known = known_until(lambda e: _ctcae_subject(e.data) == "anc")
             for phase in ("early", "late"):
                 points = _icaht_points(icaht, phase, timeline, parameters, infusion_at)
-                self._publish_grades(
-                    f"ICAHT {phase}", self.ICAHTGraded, points, context, horizon_before
-                )
+                self._publish_grades(f"ICAHT {phase}", self.ICAHTGraded, points, context, known)
+        if "CTCAE" in systems:
+            subject = _ctcae_subject(cause.data) if cause.type not in _FRAME_TYPES else None
+            known = known_until(lambda e: (s := _ctcae_subject(e.data)) and subject in (None, s))
+            self._derive_ctcae(timeline, context, known, subject)
         self._publish_questions(found, context)
         self.wake_at = min(
             (w for w in self.wakes.values() if w is not None and w > as_of), default=None
@@ -377,14 +420,12 @@ class Participant(Aggregate):
         context: _Context,
         infusion_at: datetime | None,
         as_of: datetime,
-        horizon_before: datetime | None,
+        known_until: datetime | None,
     ) -> tuple[AdjudicationQuestion, ...]:
         parameters = self.parameters
         schedule = [(since, version.crs) for since, version in self.parameter_schedule]
         crs = derive_crs(timeline, schedule, infusion_at=infusion_at, as_of=as_of)
-        self._publish_grades(
-            "CRS", self.CRSGraded, _crs_points(crs, context), context, horizon_before
-        )
+        self._publish_grades("CRS", self.CRSGraded, _crs_points(crs, context), context, known_until)
         self._publish_episodes(
             "CRS",
             self.CRSResolved,
@@ -400,18 +441,65 @@ class Participant(Aggregate):
         self.wakes["CRS"] = crs.next_wake_at
         return crs.questions
 
+    def _derive_ctcae(
+        self,
+        timeline: list[TimelineEntry],
+        context: _Context,
+        known_until: datetime | None,
+        subject: str | None,
+    ) -> None:
+        """CTCAE terms from labs and temperatures (reference §3). A term depends only
+        on its own analyte's results, so one new result re-derives only its terms."""
+        version = self.parameters.ctcae_version
+        # Treatment starts with lymphodepletion (or, if none is recorded, the infusion):
+        # results before it are baseline, not toxicity (reference §3 [parameter]).
+        start = next(
+            (e.at for e in timeline if e.type == "lymphodepletion.administered"),
+            context.infusion_at,
+        )
+        entries = [e for e in timeline if (s := _ctcae_subject(e.data)) and subject in (None, s)]
+        changes = (
+            derive_toxicities(entries, version=version, lymphodepletion_at=start)
+            if start is not None
+            else ()
+        )
+        by_term: dict[str, list[_GradePoint]] = {}
+        for change in changes:
+            data: dict[str, Any] = {
+                "term": change.term,
+                "grade": change.grade,
+                "criteria": change.criteria,
+                "value": change.value,
+                "unit": change.unit,
+                "basis": dict(change.basis),
+                "study_day": context.study_day(change.at),
+            }
+            point = _GradePoint(change.at, 0, change.grade, change.caused_by, data)
+            by_term.setdefault(change.term, []).append(point)
+        if subject is None:
+            terms = set(by_term) | {t for t in self.published if t not in _NOT_CTCAE}
+        elif subject == "temperature":
+            terms = set(by_term) | {FEVER_TERM}
+        else:
+            term = CTCAE_TERMS[version].get(subject)
+            terms = set(by_term) | ({term} if term else set())
+        for term in sorted(terms):
+            self._publish_grades(
+                term, self.ToxicityGraded, by_term.get(term, []), context, known_until
+            )
+
     def _derive_icans(
         self,
         timeline: list[TimelineEntry],
         context: _Context,
         infusion_at: datetime | None,
         as_of: datetime,
-        horizon_before: datetime | None,
+        known_until: datetime | None,
     ) -> tuple[AdjudicationQuestion, ...]:
         parameters = self.parameters
         icans = derive_icans(timeline, parameters.icans, infusion_at=infusion_at, as_of=as_of)
         self._publish_grades(
-            "ICANS", self.ICANSGraded, _icans_points(icans, context), context, horizon_before
+            "ICANS", self.ICANSGraded, _icans_points(icans, context), context, known_until
         )
         self._publish_episodes(
             "ICANS",
@@ -452,19 +540,20 @@ class Participant(Aggregate):
         event_class: type[SafetyEventRecorded],
         points: Sequence[_GradePoint],
         context: _Context,
-        horizon_before: datetime | None,
+        known_until: datetime | None,
     ) -> None:
         """Publish a term's derived grade timeline against what was published before.
 
-        Where the grade of a moment already published (before ``horizon_before``)
+        Where the grade of a moment already published (before ``known_until``, the
+        latest input the term had been derived from)
         changed, ``grade.revised``; each change point not published before, the
         term's graded event with ``previous_grade`` = what was published for that
         moment until now.
         """
         published_before = list(self.published.get(term, ()))
         derived = [(p.at, p.episode, p.grade) for p in points]
-        if horizon_before is not None:
-            self._publish_revisions(term, published_before, derived, context, horizon_before)
+        if known_until is not None:
+            self._publish_revisions(term, published_before, derived, context, known_until)
         believed = list(published_before)
         for point in points:
             key = (point.at, point.episode, point.grade)
@@ -483,12 +572,12 @@ class Participant(Aggregate):
         old: list[_Published],
         new: list[_Published],
         context: _Context,
-        horizon_before: datetime,
+        known_until: datetime,
     ) -> None:
         instants = sorted({p[0] for p in old} | {p[0] for p in new})
         previous_pair: tuple[int, int] | None = None
         for at in instants:
-            if at >= horizon_before:
+            if at >= known_until:
                 break
             pair = (_grade_from(old, at), _grade_from(new, at))
             if pair[0] != pair[1] and pair != previous_pair:

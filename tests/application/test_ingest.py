@@ -91,7 +91,12 @@ def now() -> datetime:
 def test_the_course_derives_a_grade_1_crs(app: SafetyMonitoring) -> None:
     outcome = app.apply_batch(at_offsets(course()), now=now())
     assert outcome.accepted == 3
-    assert [(e.type, e.data["grade"]) for e in outcome.derived] == [("crs.graded", 1)]
+    # 39.2 C after infusion: ASTCT CRS grade 1 (fever only) and CTCAE v5.0 Fever
+    # grade 2 (> 39.0-40.0 C), reference §1 and §3.
+    assert [(e.type, e.data["grade"]) for e in outcome.derived] == [
+        ("crs.graded", 1),
+        ("toxicity.graded", 2),
+    ]
 
 
 def test_a_redelivered_batch_changes_nothing(app: SafetyMonitoring) -> None:
@@ -119,7 +124,7 @@ def test_a_partly_redelivered_batch_applies_only_the_new_offsets(app: SafetyMoni
 
     assert outcome.already_applied == 2
     assert outcome.accepted_by_type == {"vitals.recorded": 1}
-    assert [e.type for e in outcome.derived] == ["crs.graded"]
+    assert [e.type for e in outcome.derived] == ["crs.graded", "toxicity.graded"]
     assert app.next_offset(TOPIC, 0) == 3
 
 
@@ -142,7 +147,7 @@ def test_a_redelivery_is_recognised_by_a_restarted_application(tmp_path: Path) -
 
     assert again.already_applied == len(batch)
     assert again.new_domain_events == 0
-    assert [e.type for e in derived] == ["crs.graded"]
+    assert [e.type for e in derived] == ["crs.graded", "toxicity.graded"]
 
 
 def test_positions_are_tracked_per_partition(app: SafetyMonitoring) -> None:
@@ -215,7 +220,7 @@ def test_a_repeated_event_id_within_one_batch_is_recorded_once(app: SafetyMonito
 
     assert outcome.accepted == 3
     assert outcome.duplicates == 1
-    assert len(outcome.derived) == 1
+    assert len(outcome.derived) == 2  # CRS grade 1 and Fever grade 2, once each
 
 
 def test_a_rejected_message_is_kept_in_the_ingest_ledger_with_its_bytes_and_reason(

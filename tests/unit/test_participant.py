@@ -163,7 +163,9 @@ def test_a_corrected_temperature_revises_the_grade_because_of_correction():
         ),
         RECEIVED,
     )
-    (revised,) = of_type(derived(participant), "grade.revised")
+    revised_terms = {e["data"]["term"]: e for e in of_type(derived(participant), "grade.revised")}
+    assert set(revised_terms) == {"CRS", "Fever"}  # ASTCT CRS and CTCAE Fever both change
+    revised = revised_terms["CRS"]
     assert revised["data"]["because"] == "correction"
     assert (revised["data"]["from_grade"], revised["data"]["to_grade"]) == (1, 0)
 
@@ -304,3 +306,82 @@ def test_early_icaht_is_published_with_its_durations():
     ]
     assert graded[-1]["data"]["days_anc_le_0_5"] == 7
     assert graded[-1]["data"]["criteria"] == "ICAHT-2023"
+
+
+def _with_lymphodepletion() -> Participant:
+    participant = Participant.open("NCT07049081", "G79-001", "CN-001", ProtocolParameters())
+    participant.record(
+        clinical(
+            "ld",
+            "lymphodepletion.administered",
+            at(-5, "09:00"),
+            agent="fludarabine",
+            dose_mg_m2=25,
+        ),
+        RECEIVED,
+    )
+    participant.record(
+        clinical("inf", "infusion.administered", INFUSION, dose_level="DL1", cells_per_kg=1e6),
+        RECEIVED,
+    )
+    return participant
+
+
+def platelets(event_id: str, when: datetime, value: float):
+    return clinical(
+        event_id,
+        "lab.resulted",
+        when,
+        analyte="platelets",
+        value=value,
+        unit="10*9/L",
+        reference_low=150,
+        reference_high=400,
+    )
+
+
+def test_a_lab_resulted_after_later_vitals_is_not_a_revision():
+    # Lab results arrive hours after sampling; a term's past is what it was derived
+    # from (its own analyte), not other observations charted meanwhile.
+    participant = _with_lymphodepletion()
+    participant.record(
+        clinical("v1", "vitals.recorded", at(3, "10:00"), heart_rate_bpm=80), RECEIVED
+    )
+    participant.collect_events()
+    participant.record(platelets("p1", at(3, "06:00"), 60), RECEIVED)
+    events = derived(participant)
+    assert of_type(events, "grade.revised") == []
+    (graded,) = of_type(events, "toxicity.graded")
+    # CTCAE v5.0 Platelet count decreased: < 75-50 x10^9/L is grade 2 (reference §3).
+    assert (graded["data"]["term"], graded["data"]["grade"]) == ("Platelet count decreased", 2)
+
+
+def test_a_late_lab_before_a_later_result_of_its_analyte_revises_the_past():
+    participant = _with_lymphodepletion()
+    participant.record(platelets("p1", at(2, "06:00"), 160), RECEIVED)
+    participant.record(platelets("p3", at(4, "06:00"), 160), RECEIVED)
+    participant.collect_events()
+    participant.record(platelets("p2", at(3, "06:00"), 40), RECEIVED)  # back-charted
+    events = derived(participant)
+    (revised,) = of_type(events, "grade.revised")
+    # < 50-25 x10^9/L is grade 3; the day-3 grade was published as 0.
+    assert revised["data"]["term"] == "Platelet count decreased"
+    assert (revised["data"]["from_grade"], revised["data"]["to_grade"]) == (0, 3)
+    assert revised["effective_at"] == at(3, "06:00").isoformat()
+
+
+def test_results_before_lymphodepletion_are_baseline_not_toxicity():
+    # Reference §3: baseline = last value before lymphodepletion [parameter].
+    participant = Participant.open("NCT07049081", "G79-001", "CN-001", ProtocolParameters())
+    participant.record(platelets("p0", at(-7, "06:00"), 60), RECEIVED)
+    participant.record(
+        clinical(
+            "ld",
+            "lymphodepletion.administered",
+            at(-5, "09:00"),
+            agent="fludarabine",
+            dose_mg_m2=25,
+        ),
+        RECEIVED,
+    )
+    assert of_type(derived(participant), "toxicity.graded") == []
