@@ -552,8 +552,7 @@ class Participant(Aggregate):
         """
         published_before = list(self.published.get(term, ()))
         derived = [(p.at, p.episode, p.grade) for p in points]
-        if known_until is not None:
-            self._publish_revisions(term, published_before, derived, context, known_until)
+        self._publish_revisions(term, published_before, derived, context, known_until)
         believed = list(published_before)
         for point in points:
             key = (point.at, point.episode, point.grade)
@@ -572,15 +571,20 @@ class Participant(Aggregate):
         old: list[_Published],
         new: list[_Published],
         context: _Context,
-        known_until: datetime,
+        known_until: datetime | None,
     ) -> None:
-        instants = sorted({p[0] for p in old} | {p[0] for p in new})
+        """``grade.revised`` wherever the published grade of a moment changed: before
+        ``known_until`` always; from it on only where no new change point (published as
+        a graded event) stands at that moment."""
+        old_instants = {p[0] for p in old}
+        new_instants = {p[0] for p in new}
         previous_pair: tuple[int, int] | None = None
-        for at in instants:
-            if at >= known_until:
-                break
+        for at in sorted(old_instants | new_instants):
             pair = (_grade_from(old, at), _grade_from(new, at))
-            if pair[0] != pair[1] and pair != previous_pair:
+            past = known_until is not None and at < known_until
+            # A published change point at this moment carries its own (now wrong) grade.
+            changed = pair != previous_pair or at in old_instants
+            if pair[0] != pair[1] and changed and (past or at not in new_instants):
                 self._revise(term, context, at, *pair, episode=_episode_from(new, at))
             previous_pair = pair
 
