@@ -15,7 +15,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any, ClassVar, cast
 from uuid import NAMESPACE_URL, UUID, uuid5
@@ -35,11 +35,14 @@ from domain.contract import (
     VitalsRecorded,
 )
 from domain.crs import CRS_INPUT_TYPES, CRSDerivation, CRSEpisode, derive_crs
-from domain.ctcae import FEVER_TERM, derive_toxicities
+from domain.ctcae import FEVER_TERM, derive_toxicities, lab_baselines
 from domain.ctcae import TERMS as CTCAE_TERMS
+from domain.gates import check_pre_infusion
 from domain.icaht import ICAHTDerivation, derive_icaht
 from domain.icans import ICANS_INPUT_TYPES, ICANSDerivation, ICANSEpisode, derive_icans
 from domain.protocol import ProtocolParameters, study_day
+from domain.sae import ReceivedEvent, sae_clocks
+from domain.screens import FN_TERM, febrile_neutropenia, iechs_screen
 from domain.timeline import AdjudicationQuestion, TimelineEntry
 
 NAMESPACE = uuid5(NAMESPACE_URL, "https://toxwatch.example/ns")
@@ -76,7 +79,12 @@ class SafetyEventRecorded(Aggregate.Event):
         )
 
 
-ALL_SYSTEMS = frozenset({"CRS", "ICANS", "ICAHT", "CTCAE"})
+ALL_SYSTEMS = frozenset({"CRS", "ICANS", "ICAHT", "CTCAE", "GATES", "SAE", "FN", "IECHS"})
+_GATE_TYPES = frozenset({"eligibility.confirmed", "lymphodepletion.administered"})
+_SAE_TYPES = frozenset({"adverse_event.reported", "encounter.changed"})
+_IECHS_ANALYTES = frozenset(
+    {"anc", "platelets", "hemoglobin", "ferritin", "fibrinogen", "alt", "ast"}
+)
 _NOT_CTCAE = frozenset({"CRS", "ICANS", "ICAHT early", "ICAHT late"})
 #: Event types that can change every derivation (the timeline's frame, or any record).
 _FRAME_TYPES = frozenset(
@@ -103,9 +111,15 @@ def _systems_for(event: ClinicalEvent) -> frozenset[str]:
     if isinstance(event.data, LabResulted):
         systems.add("CTCAE")
         if event.data.analyte == "anc":
-            systems.add("ICAHT")
+            systems |= {"ICAHT", "FN"}
+        if event.data.analyte in _IECHS_ANALYTES:
+            systems.add("IECHS")
     if isinstance(event.data, VitalsRecorded) and event.data.temperature_c is not None:
-        systems.add("CTCAE")
+        systems |= {"CTCAE", "FN", "GATES"}
+    if event.type in _GATE_TYPES:
+        systems.add("GATES")
+    if event.type in _SAE_TYPES:
+        systems.add("SAE")
     return frozenset(systems)
 
 
@@ -201,6 +215,24 @@ class Participant(Aggregate):
             participant = cast(Participant, aggregate)
             participant.put_published(self.data["term"], self.effective_at, self.data)
 
+    class ProtocolDeviationFound(SafetyEventRecorded):
+        contract_type = "protocol.deviation"
+
+        def apply(self, aggregate: Aggregate) -> None:
+            cast(Participant, aggregate).published_keys.add(self.data["key"])
+
+    class SAEClockStarted(SafetyEventRecorded):
+        contract_type = "sae.clock_started"
+
+        def apply(self, aggregate: Aggregate) -> None:
+            cast(Participant, aggregate).published_keys.add(self.data["key"])
+
+    class IECHSScreenPositive(SafetyEventRecorded):
+        contract_type = "iechs.screen_positive"
+
+        def apply(self, aggregate: Aggregate) -> None:
+            cast(Participant, aggregate).published_keys.add(self.data["key"])
+
     class GradeRevised(SafetyEventRecorded):
         contract_type = "grade.revised"
 
@@ -238,6 +270,10 @@ class Participant(Aggregate):
         self.published: dict[str, list[_Published]] = {}
         self.published_resolutions: dict[tuple[str, int], str] = {}
         self.published_questions: set[str] = set()
+        #: Keys of the one-off findings published (deviations, SAE clocks, screens).
+        self.published_keys: set[str] = set()
+        #: When each recorded event arrived and when its source recorded it.
+        self.awareness: dict[str, tuple[datetime, datetime | None]] = {}
         self.wake_at: datetime | None = None
         #: When each rule system next changes with time alone (as of its last derivation).
         self.wakes: dict[str, datetime | None] = {}
@@ -299,6 +335,11 @@ class Participant(Aggregate):
         entry = TimelineEntry(wire["event_id"], event_type, at, data, len(self.entries))
         self.entries.append(entry)
         self.seen.add(entry.event_id)
+        reported_at = wire.get("reported_at")
+        self.awareness[entry.event_id] = (
+            received_at,
+            datetime.fromisoformat(reported_at) if reported_at else None,
+        )
         if self.horizon is None or at > self.horizon:
             self.horizon = at
         if isinstance(data, RecordCorrected):
@@ -385,6 +426,7 @@ class Participant(Aggregate):
             day_zero_is_infusion_day=parameters.day_zero_is_infusion_day,
             because=_because(cause),
             cause_id=cause.event_id,
+            cause_at=cause.occurred_at,
         )
         found: list[AdjudicationQuestion] = list(questions)
         if "CRS" in systems:
@@ -409,6 +451,15 @@ class Participant(Aggregate):
             subject = _ctcae_subject(cause.data) if cause.type not in _FRAME_TYPES else None
             known = known_until(lambda e: (s := _ctcae_subject(e.data)) and subject in (None, s))
             self._derive_ctcae(timeline, context, known, subject)
+        if "GATES" in systems:
+            found.extend(self._derive_gates(timeline, context))
+        if "SAE" in systems:
+            found.extend(self._derive_sae(timeline, context))
+        if "FN" in systems:
+            known = known_until(lambda e: _ctcae_subject(e.data) in ("anc", "temperature"))
+            self._derive_febrile_neutropenia(timeline, context, as_of, known)
+        if "IECHS" in systems:
+            self._derive_iechs(timeline, context, as_of)
         self._publish_questions(found, context)
         self.wake_at = min(
             (w for w in self.wakes.values() if w is not None and w > as_of), default=None
@@ -487,6 +538,130 @@ class Participant(Aggregate):
             self._publish_grades(
                 term, self.ToxicityGraded, by_term.get(term, []), context, known_until
             )
+
+    def _derive_gates(
+        self, timeline: list[TimelineEntry], context: _Context
+    ) -> tuple[AdjudicationQuestion, ...]:
+        """Pre-infusion gates and eligibility (reference §7)."""
+        check = check_pre_infusion(timeline, self.parameters.pre_infusion)
+        for deviation in check.deviations:
+            key = f"deviation:{deviation.rule}:{deviation.at.isoformat()}"
+            if key not in self.published_keys:
+                self._emit(
+                    self.ProtocolDeviationFound,
+                    context,
+                    deviation.at,
+                    list(deviation.caused_by),
+                    {"key": key, "rule": deviation.rule, "detail": deviation.detail},
+                )
+        return check.questions
+
+    def _derive_sae(
+        self, timeline: list[TimelineEntry], context: _Context
+    ) -> tuple[AdjudicationQuestion, ...]:
+        """Reporting clocks from awareness (reference §10)."""
+        received = [
+            ReceivedEvent(e, *self.awareness[e.event_id]) for e in timeline if e.type in _SAE_TYPES
+        ]
+        derivation = sae_clocks(received, self.parameters.reporting)
+        for clock in derivation.clocks:
+            key = f"sae:{clock.ae_id}:{clock.obligation}"
+            if key not in self.published_keys:
+                self._emit(
+                    self.SAEClockStarted,
+                    context,
+                    clock.awareness_at,
+                    list(clock.caused_by),
+                    {
+                        "key": key,
+                        "ae_id": clock.ae_id,
+                        "obligation": clock.obligation,
+                        "awareness_at": clock.awareness_at.isoformat(),
+                        "deadline_at": clock.deadline_at.isoformat(),
+                    },
+                )
+        return derivation.questions
+
+    def _derive_febrile_neutropenia(
+        self,
+        timeline: list[TimelineEntry],
+        context: _Context,
+        as_of: datetime,
+        known_until: datetime | None,
+    ) -> None:
+        """Febrile neutropenia (CTCAE, reference §3) as a toxicity term."""
+        parameters = self.parameters
+        version = parameters.ctcae_version
+        episodes = febrile_neutropenia(
+            timeline,
+            infusion_at=context.infusion_at,
+            version=version,
+            params=parameters.febrile_neutropenia,
+            as_of=as_of,
+        )
+        points: list[_GradePoint] = []
+        for episode in episodes:
+            data = {
+                "term": episode.term,
+                "grade": episode.grade,
+                "criteria": episode.criteria,
+                "value": episode.anc_10e9_l,
+                "unit": "10*9/L",
+                "basis": {"rule": episode.basis, "temperature_c": episode.temperature_c},
+                "study_day": context.study_day(episode.at),
+            }
+            points.append(_GradePoint(episode.at, 0, episode.grade, episode.caused_by, data))
+            if episode.resolved_at is not None:
+                resolved = data | {"grade": 0, "study_day": context.study_day(episode.resolved_at)}
+                points.append(_GradePoint(episode.resolved_at, 0, 0, episode.caused_by, resolved))
+        self._publish_grades(FN_TERM, self.ToxicityGraded, points, context, known_until)
+        # An open episode resolves after a day without fever: time alone can change it.
+        last_input = max(
+            (e.at for e in timeline if _ctcae_subject(e.data) in ("anc", "temperature")),
+            default=None,
+        )
+        open_episode = any(e.resolved_at is None for e in episodes)
+        self.wakes["FN"] = (
+            last_input + timedelta(hours=parameters.febrile_neutropenia.afebrile_hours_to_resolve)
+            if open_episode and last_input is not None
+            else None
+        )
+
+    def _derive_iechs(
+        self, timeline: list[TimelineEntry], context: _Context, as_of: datetime
+    ) -> None:
+        """The IEC-HS screen (reference §5): a prompt for the investigator, once per
+        CRS episode."""
+        parameters = self.parameters
+        version = parameters.ctcae_version
+        schedule = [(since, version_.crs) for since, version_ in self.parameter_schedule]
+        crs = derive_crs(timeline, schedule, infusion_at=context.infusion_at, as_of=as_of)
+        start = next((e.at for e in timeline if e.type == "lymphodepletion.administered"), None)
+        baseline = lab_baselines([e for e in timeline if e.type == "lab.resulted"], start).get(
+            "ferritin"
+        )
+        screens = iechs_screen(
+            timeline,
+            crs_episodes=[(e.onset_at, e.resolved_at) for e in crs.episodes],
+            baseline_ferritin=baseline,
+            params=parameters.iechs,
+            version=version,
+        )
+        for screen in screens:
+            key = f"iechs:{screen.crs_episode}"
+            if key not in self.published_keys:
+                self._emit(
+                    self.IECHSScreenPositive,
+                    context,
+                    screen.at,
+                    list(screen.caused_by),
+                    {
+                        "key": key,
+                        "criteria_met": list(screen.criteria_met),
+                        "crs_episode": screen.crs_episode,
+                        "ferritin_ng_ml": screen.ferritin_ng_ml,
+                    },
+                )
 
     def _derive_icans(
         self,
@@ -574,14 +749,17 @@ class Participant(Aggregate):
         known_until: datetime | None,
     ) -> None:
         """``grade.revised`` wherever the published grade of a moment changed: before
-        ``known_until`` always; from it on only where no new change point (published as
-        a graded event) stands at that moment."""
+        ``known_until`` when the cause is late, corrected or voided data; otherwise only
+        where no new change point (published as a graded event) stands at that moment.
+        A rule that decides the past only after time has passed (an episode that ends
+        after a day without fever) publishes that decision as a graded event."""
+        late = context.is_late(known_until)
         old_instants = {p[0] for p in old}
         new_instants = {p[0] for p in new}
         previous_pair: tuple[int, int] | None = None
         for at in sorted(old_instants | new_instants):
             pair = (_grade_from(old, at), _grade_from(new, at))
-            past = known_until is not None and at < known_until
+            past = late and known_until is not None and at < known_until
             # A published change point at this moment carries its own (now wrong) grade.
             changed = pair != previous_pair or at in old_instants
             if pair[0] != pair[1] and changed and (past or at not in new_instants):
@@ -672,6 +850,14 @@ class _Context:
     day_zero_is_infusion_day: bool
     because: str
     cause_id: str
+    cause_at: datetime
+
+    def is_late(self, known_until: datetime | None) -> bool:
+        """Whether the cause changes the past of a term derived up to ``known_until``:
+        a correction or void always, another record when it is older than that."""
+        if self.because != "late_data":
+            return True
+        return known_until is not None and self.cause_at < known_until
 
     def study_day(self, at: datetime) -> int | None:
         if self.infusion_at is None:

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from domain.icaht import ICAHTParameters
 from domain.icans import ICANSParameters
+from domain.screens import FNParameters, IECHSParameters
 from domain.timeline import study_day
 
 __all__ = ["CRSParameters", "ProtocolParameters", "study_day"]
@@ -201,6 +202,8 @@ class ProtocolParameters(BaseModel):
     crs: CRSParameters = CRSParameters()
     icans: ICANSParameters = ICANSParameters()
     icaht: ICAHTParameters = ICAHTParameters()
+    febrile_neutropenia: FNParameters = FNParameters()
+    iechs: IECHSParameters = IECHSParameters()
     dlt: DLTParameters = DLTParameters()
     pre_infusion: PreInfusionParameters = PreInfusionParameters()
     reporting: ReportingClocks = ReportingClocks()
