@@ -25,7 +25,10 @@ from pydantic import BaseModel, ValidationError
 
 from domain.contract import (
     DATA_MODELS,
+    AdjudicationRecorded,
+    AdverseEventReported,
     ClinicalEvent,
+    DeathReported,
     InfusionAdministered,
     LabResulted,
     ParticipantEnrolled,
@@ -37,6 +40,7 @@ from domain.contract import (
 from domain.crs import CRS_INPUT_TYPES, CRSDerivation, CRSEpisode, derive_crs
 from domain.ctcae import FEVER_TERM, derive_toxicities, lab_baselines
 from domain.ctcae import TERMS as CTCAE_TERMS
+from domain.dlt import Category, Death, GradeStep, Overturn, TermCourse, evaluate_dlt
 from domain.gates import check_pre_infusion
 from domain.icaht import ICAHTDerivation, derive_icaht
 from domain.icans import ICANS_INPUT_TYPES, ICANSDerivation, ICANSEpisode, derive_icans
@@ -79,13 +83,21 @@ class SafetyEventRecorded(Aggregate.Event):
         )
 
 
-ALL_SYSTEMS = frozenset({"CRS", "ICANS", "ICAHT", "CTCAE", "GATES", "SAE", "FN", "IECHS"})
+ALL_SYSTEMS = frozenset({"CRS", "ICANS", "ICAHT", "CTCAE", "GATES", "SAE", "FN", "IECHS", "DLT"})
+#: Systems whose published grades the DLT rules read.
+_GRADING_SYSTEMS = frozenset({"CRS", "ICANS", "CTCAE", "FN"})
+_DLT_TYPES = frozenset(
+    {"adverse_event.reported", "death.reported", "participant.withdrawn", "adjudication.recorded"}
+)
 _GATE_TYPES = frozenset({"eligibility.confirmed", "lymphodepletion.administered"})
 _SAE_TYPES = frozenset({"adverse_event.reported", "encounter.changed"})
 _IECHS_ANALYTES = frozenset(
     {"anc", "platelets", "hemoglobin", "ferritin", "fibrinogen", "alt", "ast"}
 )
-_NOT_CTCAE = frozenset({"CRS", "ICANS", "ICAHT early", "ICAHT late"})
+#: The terms the CTCAE lab and temperature grading publishes (either version).
+_CTCAE_TERM_NAMES = frozenset(
+    {term for by_analyte in CTCAE_TERMS.values() for term in by_analyte.values()} | {FEVER_TERM}
+)
 #: Event types that can change every derivation (the timeline's frame, or any record).
 _FRAME_TYPES = frozenset(
     {
@@ -120,6 +132,8 @@ def _systems_for(event: ClinicalEvent) -> frozenset[str]:
         systems.add("GATES")
     if event.type in _SAE_TYPES:
         systems.add("SAE")
+    if systems & _GRADING_SYSTEMS or event.type in _DLT_TYPES:
+        systems.add("DLT")
     return frozenset(systems)
 
 
@@ -179,7 +193,9 @@ class Participant(Aggregate):
         contract_type = "crs.graded"
 
         def apply(self, aggregate: Aggregate) -> None:
-            cast(Participant, aggregate).put_published("CRS", self.effective_at, self.data)
+            cast(Participant, aggregate).put_published(
+                "CRS", self.effective_at, self.data, self.caused_by
+            )
 
     class CRSResolved(SafetyEventRecorded):
         contract_type = "crs.resolved"
@@ -192,7 +208,9 @@ class Participant(Aggregate):
         contract_type = "icans.graded"
 
         def apply(self, aggregate: Aggregate) -> None:
-            cast(Participant, aggregate).put_published("ICANS", self.effective_at, self.data)
+            cast(Participant, aggregate).put_published(
+                "ICANS", self.effective_at, self.data, self.caused_by
+            )
 
     class ICANSResolved(SafetyEventRecorded):
         contract_type = "icans.resolved"
@@ -206,14 +224,18 @@ class Participant(Aggregate):
 
         def apply(self, aggregate: Aggregate) -> None:
             term = f"ICAHT {self.data['phase']}"
-            cast(Participant, aggregate).put_published(term, self.effective_at, self.data)
+            cast(Participant, aggregate).put_published(
+                term, self.effective_at, self.data, self.caused_by
+            )
 
     class ToxicityGraded(SafetyEventRecorded):
         contract_type = "toxicity.graded"
 
         def apply(self, aggregate: Aggregate) -> None:
             participant = cast(Participant, aggregate)
-            participant.put_published(self.data["term"], self.effective_at, self.data)
+            participant.put_published(
+                self.data["term"], self.effective_at, self.data, self.caused_by
+            )
 
     class ProtocolDeviationFound(SafetyEventRecorded):
         contract_type = "protocol.deviation"
@@ -233,6 +255,36 @@ class Participant(Aggregate):
         def apply(self, aggregate: Aggregate) -> None:
             cast(Participant, aggregate).published_keys.add(self.data["key"])
 
+    class DLTWindowOpened(SafetyEventRecorded):
+        contract_type = "dlt.window_opened"
+
+        def apply(self, aggregate: Aggregate) -> None:
+            cast(Participant, aggregate).published_keys.add(self.data["key"])
+
+    class DLTCandidateRaised(SafetyEventRecorded):
+        contract_type = "dlt.candidate"
+
+        def apply(self, aggregate: Aggregate) -> None:
+            cast(Participant, aggregate).published_keys.add(self.data["key"])
+
+    class DLTConfirmed(SafetyEventRecorded):
+        contract_type = "dlt.confirmed"
+
+        def apply(self, aggregate: Aggregate) -> None:
+            cast(Participant, aggregate).published_keys.add(self.data["key"])
+
+    class DLTRuledOut(SafetyEventRecorded):
+        contract_type = "dlt.ruled_out"
+
+        def apply(self, aggregate: Aggregate) -> None:
+            cast(Participant, aggregate).published_keys.add(self.data["key"])
+
+    class DLTWindowClosed(SafetyEventRecorded):
+        contract_type = "dlt.window_closed"
+
+        def apply(self, aggregate: Aggregate) -> None:
+            cast(Participant, aggregate).published_keys.add(self.data["key"])
+
     class GradeRevised(SafetyEventRecorded):
         contract_type = "grade.revised"
 
@@ -242,7 +294,7 @@ class Participant(Aggregate):
             if self.data.get("resolution_withdrawn"):
                 participant.published_resolutions.pop((term, self.data["episode"]), None)
             data = {"episode": self.data.get("episode", 0), "grade": self.data["to_grade"]}
-            participant.put_published(term, self.effective_at, data)
+            participant.put_published(term, self.effective_at, data, self.caused_by)
 
     class AdjudicationRequested(SafetyEventRecorded):
         contract_type = "adjudication.requested"
@@ -268,6 +320,7 @@ class Participant(Aggregate):
         self.horizon: datetime | None = None
         #: What was published, per term: the grade timeline consumers were told.
         self.published: dict[str, list[_Published]] = {}
+        self.evidence: dict[tuple[str, datetime], tuple[str, ...]] = {}
         self.published_resolutions: dict[tuple[str, int], str] = {}
         self.published_questions: set[str] = set()
         #: Keys of the one-off findings published (deviations, SAE clocks, screens).
@@ -278,8 +331,11 @@ class Participant(Aggregate):
         #: When each rule system next changes with time alone (as of its last derivation).
         self.wakes: dict[str, datetime | None] = {}
 
-    def put_published(self, term: str, at: datetime, data: dict[str, Any]) -> None:
+    def put_published(
+        self, term: str, at: datetime, data: dict[str, Any], caused_by: list[str]
+    ) -> None:
         _put_point(self.published.setdefault(term, []), (at, data.get("episode", 0), data["grade"]))
+        self.evidence[(term, at)] = tuple(caused_by)
 
     @classmethod
     def open(
@@ -460,6 +516,8 @@ class Participant(Aggregate):
             self._derive_febrile_neutropenia(timeline, context, as_of, known)
         if "IECHS" in systems:
             self._derive_iechs(timeline, context, as_of)
+        if "DLT" in systems:
+            found.extend(self._derive_dlt(timeline, context, as_of))
         self._publish_questions(found, context)
         self.wake_at = min(
             (w for w in self.wakes.values() if w is not None and w > as_of), default=None
@@ -528,7 +586,7 @@ class Participant(Aggregate):
             point = _GradePoint(change.at, 0, change.grade, change.caused_by, data)
             by_term.setdefault(change.term, []).append(point)
         if subject is None:
-            terms = set(by_term) | {t for t in self.published if t not in _NOT_CTCAE}
+            terms = set(by_term) | {t for t in self.published if t in _CTCAE_TERM_NAMES}
         elif subject == "temperature":
             terms = set(by_term) | {FEVER_TERM}
         else:
@@ -662,6 +720,139 @@ class Participant(Aggregate):
                         "ferritin_ng_ml": screen.ferritin_ng_ml,
                     },
                 )
+
+    def _derive_dlt(
+        self, timeline: list[TimelineEntry], context: _Context, as_of: datetime
+    ) -> tuple[AdjudicationQuestion, ...]:
+        """DLT window and rules (reference §7) over the grades published so far."""
+        parameters = self.parameters
+        evaluation = evaluate_dlt(
+            self._dlt_courses(timeline),
+            params=parameters.dlt,
+            infusion_at=context.infusion_at,
+            day_zero_is_infusion_day=parameters.day_zero_is_infusion_day,
+            withdrawn_at=next((e.at for e in timeline if e.type == "participant.withdrawn"), None),
+            deaths=[
+                Death(e.at, _cause_term(e.data.cause, self.published), e.data.related, e.event_id)
+                for e in timeline
+                if isinstance(e.data, DeathReported)
+            ],
+            overturns=[
+                Overturn(
+                    e.data.target.id,
+                    "reject" if e.data.decision == "reject" else "confirm",
+                    e.data.reason or "",
+                    e.at,
+                    e.event_id,
+                )
+                for e in timeline
+                if isinstance(e.data, AdjudicationRecorded) and e.data.target.kind == "dlt"
+            ],
+            as_of=as_of,
+        )
+        self.wakes["DLT"] = evaluation.next_wake_at
+        window = evaluation.window
+        if window is not None:
+            self._emit_once(
+                self.DLTWindowOpened,
+                context,
+                window.starts_at,
+                [context.cause_id],
+                f"dlt-window:{window.starts_at.isoformat()}",
+                {
+                    "starts_at": window.starts_at.isoformat(),
+                    "ends_at": window.ends_at.isoformat(),
+                    "day_zero_is_infusion_day": window.day_zero_is_infusion_day,
+                },
+            )
+        for candidate in evaluation.candidates:
+            detail = {
+                "candidate_id": candidate.id,
+                "rule": candidate.rule,
+                "term": candidate.term,
+                "grade": candidate.grade,
+            }
+            self._emit_once(
+                self.DLTCandidateRaised,
+                context,
+                candidate.met_at,
+                list(candidate.evidence),
+                f"dlt-candidate:{candidate.id}",
+                detail
+                | {
+                    "evidence": list(candidate.evidence),
+                    "decide_by": candidate.decide_by.isoformat(),
+                },
+            )
+            if candidate.status != "pending" and candidate.decided_at is not None:
+                event_class = (
+                    self.DLTConfirmed if candidate.status == "confirmed" else self.DLTRuledOut
+                )
+                self._emit_once(
+                    event_class,
+                    context,
+                    candidate.decided_at,
+                    list(candidate.decided_by or candidate.evidence),
+                    f"dlt-{candidate.status}:{candidate.id}",
+                    detail | {"reason": candidate.reason},
+                )
+        closed = evaluation.closed
+        if closed is not None:
+            self._emit_once(
+                self.DLTWindowClosed,
+                context,
+                closed.at,
+                [context.cause_id],
+                f"dlt-closed:{closed.at.isoformat()}:{closed.evaluable}:{closed.had_dlt}",
+                {"evaluable": closed.evaluable, "had_dlt": closed.had_dlt},
+            )
+        referrals = tuple(
+            AdjudicationQuestion(
+                key=f"dlt-referral:{r.term}:{r.at.isoformat()}",
+                at=r.at,
+                question=f"Grade {r.grade} {r.term} after the DLT window: refer to the safety "
+                "review committee (reference §7).",
+                target={"kind": "event", "id": r.evidence[0] if r.evidence else context.cause_id},
+                evidence=r.evidence,
+            )
+            for r in evaluation.referrals
+        )
+        return evaluation.questions + referrals
+
+    def _dlt_courses(self, timeline: list[TimelineEntry]) -> list[TermCourse]:
+        reports: dict[str, AdverseEventReported] = {}
+        for entry in timeline:
+            if isinstance(entry.data, AdverseEventReported):
+                reports[entry.data.term.casefold()] = entry.data
+        courses = []
+        for term, points in sorted(self.published.items()):
+            category = _dlt_category(term)
+            steps = tuple(
+                GradeStep(at, grade, self.evidence.get((term, at), ())) for at, _, grade in points
+            )
+            report = reports.get(term.casefold())
+            courses.append(
+                TermCourse(
+                    term,
+                    category,
+                    steps,
+                    relatedness=report.relatedness if report else None,
+                    attributed_to=None,
+                )
+            )
+        return courses
+
+    def _emit_once(
+        self,
+        event_class: type[SafetyEventRecorded],
+        context: _Context,
+        effective_at: datetime,
+        caused_by: list[str],
+        key: str,
+        data: dict[str, Any],
+    ) -> None:
+        if key not in self.published_keys:
+            self._emit(event_class, context, effective_at, caused_by, {"key": key} | data)
 
     def _derive_icans(
         self,
@@ -869,6 +1060,38 @@ class _Context:
 
 def _because(cause: ClinicalEvent) -> str:
     return {"record.corrected": "correction", "record.voided": "void"}.get(cause.type, "late_data")
+
+
+_HEMATOLOGIC_TERMS = frozenset(
+    {
+        "Neutrophil count decreased",
+        "Platelet count decreased",
+        "Thrombocytopenia",
+        "Anemia",
+        "Lymphocyte count decreased",
+        "White blood cell decreased",
+    }
+)
+
+
+def _dlt_category(term: str) -> Category:
+    """How the DLT rules treat a term (reference §7; exclusions are protocol data)."""
+    if term == "CRS":
+        return "crs"
+    if term == "ICANS":
+        return "icans"
+    if term.startswith("ICAHT"):
+        return "excluded"  # haematotoxicity counts through the CTCAE cytopenia terms
+    if term in _HEMATOLOGIC_TERMS:
+        return "hematologic"
+    return "nonhematologic"
+
+
+def _cause_term(cause: str, published: dict[str, list[_Published]]) -> str | None:
+    """The graded term a death's cause names, if exactly one."""
+    words = cause.casefold()
+    named = [t for t in published if t.casefold() in words]
+    return named[0] if len(named) == 1 else None
 
 
 @dataclass(frozen=True)

@@ -226,10 +226,11 @@ def test_a_repeated_event_id_within_one_batch_is_recorded_once(app: SafetyMonito
 
     assert outcome.accepted == 3
     assert outcome.duplicates == 1
-    # CRS grade 1 and Fever grade 2 once each, and the infusion without a confirmed
-    # eligibility once (reference §7 pre-infusion gate).
+    # CRS grade 1 and Fever grade 2 once each, the infusion without a confirmed
+    # eligibility once (reference §7 pre-infusion gate), the DLT window once.
     assert sorted(e.type for e in outcome.derived) == [
         "crs.graded",
+        "dlt.window_opened",
         "protocol.deviation",
         "toxicity.graded",
     ]
