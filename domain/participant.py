@@ -137,6 +137,15 @@ def _systems_for(event: ClinicalEvent) -> frozenset[str]:
     return frozenset(systems)
 
 
+def _input_kinds(entry: TimelineEntry) -> list[str]:
+    """The kinds of input an entry is: its type, and the ``subject:`` of a CTCAE
+    result (an analyte, or temperature)."""
+    subject = _ctcae_subject(entry.data)
+    if subject is None:
+        return [entry.type]
+    return [entry.type, f"subject:{subject}", "subject:*"]
+
+
 def _ctcae_subject(entry_data: BaseModel) -> str | None:
     """What a CTCAE derivation is about: an analyte, or temperature (Fever)."""
     if isinstance(entry_data, LabResulted):
@@ -314,6 +323,9 @@ class Participant(Aggregate):
             (None, self.parameters)
         ]
         self.entries: list[TimelineEntry] = []
+        #: The latest clinical time of each kind of input (see ``_input_kinds``).
+        self.latest_inputs: dict[str, datetime] = {}
+        self._effective: tuple[list[TimelineEntry], list[AdjudicationQuestion]] | None = None
         self.seen: set[str] = set()
         self.corrections: dict[str, RecordCorrected] = {}
         self.voided: set[str] = set()
@@ -330,6 +342,8 @@ class Participant(Aggregate):
         self.wake_at: datetime | None = None
         #: When each rule system next changes with time alone (as of its last derivation).
         self.wakes: dict[str, datetime | None] = {}
+        #: The CRS episodes of the latest CRS derivation (a cache the IEC-HS screen reads).
+        self.crs_episodes: tuple[CRSEpisode, ...] | None = None
 
     def put_published(
         self, term: str, at: datetime, data: dict[str, Any], caused_by: list[str]
@@ -373,13 +387,14 @@ class Participant(Aggregate):
             self.wake_at is None or event.occurred_at < self.wake_at
         ):
             return False
+        latest_before = dict(self.latest_inputs)
         self.trigger_event(
             self.ClinicalEventRecorded, event=event.to_wire(), received_at=received_at
         )
         due = self.wake_at is not None and self.horizon is not None and self.horizon >= self.wake_at
         systems = _systems_for(event) | (ALL_SYSTEMS if due else frozenset())
         if systems:
-            self._derive(event, systems)
+            self._derive(event, systems, latest_before)
         return True
 
     # ------------------------------------------------------------------ state
@@ -398,14 +413,31 @@ class Participant(Aggregate):
         )
         if self.horizon is None or at > self.horizon:
             self.horizon = at
+        for key in _input_kinds(entry):
+            if key not in self.latest_inputs or at > self.latest_inputs[key]:
+                self.latest_inputs[key] = at
         if isinstance(data, RecordCorrected):
             self.corrections[data.corrects_event_id] = data
+            self._effective = None
         elif isinstance(data, RecordVoided):
             self.voided.add(data.voids_event_id)
+            self._effective = None
+        elif entry.event_id in self.corrections or entry.event_id in self.voided:
+            self._effective = None  # it was named by a correction before it arrived
+        elif self._effective is not None:
+            self._effective[0].append(entry)
 
     def effective_timeline(self) -> tuple[list[TimelineEntry], list[AdjudicationQuestion]]:
         """The timeline with corrections and voids applied, and questions about
-        corrections that cannot be applied."""
+        corrections that cannot be applied (kept up to date as entries arrive; read
+        only)."""
+        if self._effective is None:
+            self._effective = self._build_effective_timeline()
+        return self._effective
+
+    def _build_effective_timeline(
+        self,
+    ) -> tuple[list[TimelineEntry], list[AdjudicationQuestion]]:
         timeline: list[TimelineEntry] = []
         questions: list[AdjudicationQuestion] = []
         by_id = {entry.event_id: entry for entry in self.entries}
@@ -458,19 +490,19 @@ class Participant(Aggregate):
 
     # ------------------------------------------------------------------ derivation
 
-    def _derive(self, cause: ClinicalEvent, systems: frozenset[str]) -> None:
+    def _derive(
+        self, cause: ClinicalEvent, systems: frozenset[str], latest_before: dict[str, datetime]
+    ) -> None:
         """Re-derive the rule systems the event can affect and publish what changed.
 
         What a system had already published for a moment before the latest of its
         own inputs (other than ``cause``) is the past: changing it is a revision.
         """
         timeline, questions = self.effective_timeline()
+        latest = latest_before
 
-        def known_until(inputs: Callable[[TimelineEntry], object]) -> datetime | None:
-            return max(
-                (e.at for e in timeline if e.event_id != cause.event_id and inputs(e)),
-                default=None,
-            )
+        def known_until(*kinds: str) -> datetime | None:
+            return max((latest[k] for k in kinds if k in latest), default=None)
 
         infusion = next((e for e in timeline if e.type == "infusion.administered"), None)
         infusion_at = infusion.at if infusion is not None else None
@@ -486,10 +518,10 @@ class Participant(Aggregate):
         )
         found: list[AdjudicationQuestion] = list(questions)
         if "CRS" in systems:
-            known = known_until(lambda e: e.type in CRS_INPUT_TYPES)
+            known = known_until(*CRS_INPUT_TYPES)
             found.extend(self._derive_crs(timeline, context, infusion_at, as_of, known))
         if "ICANS" in systems:
-            known = known_until(lambda e: e.type in ICANS_INPUT_TYPES)
+            known = known_until(*ICANS_INPUT_TYPES)
             found.extend(self._derive_icans(timeline, context, infusion_at, as_of, known))
         if "ICAHT" in systems:
             icaht = derive_icaht(
@@ -499,20 +531,20 @@ class Participant(Aggregate):
                 day_zero_is_infusion_day=parameters.day_zero_is_infusion_day,
                 as_of=as_of,
             )
-            known = known_until(lambda e: _ctcae_subject(e.data) == "anc")
+            known = known_until("subject:anc")
             for phase in ("early", "late"):
                 points = _icaht_points(icaht, phase, timeline, parameters, infusion_at)
                 self._publish_grades(f"ICAHT {phase}", self.ICAHTGraded, points, context, known)
         if "CTCAE" in systems:
             subject = _ctcae_subject(cause.data) if cause.type not in _FRAME_TYPES else None
-            known = known_until(lambda e: (s := _ctcae_subject(e.data)) and subject in (None, s))
+            known = known_until(f"subject:{subject}" if subject else "subject:*")
             self._derive_ctcae(timeline, context, known, subject)
         if "GATES" in systems:
             found.extend(self._derive_gates(timeline, context))
         if "SAE" in systems:
             found.extend(self._derive_sae(timeline, context))
         if "FN" in systems:
-            known = known_until(lambda e: _ctcae_subject(e.data) in ("anc", "temperature"))
+            known = known_until("subject:anc", "subject:temperature")
             self._derive_febrile_neutropenia(timeline, context, as_of, known)
         if "IECHS" in systems:
             self._derive_iechs(timeline, context, as_of)
@@ -534,6 +566,7 @@ class Participant(Aggregate):
         parameters = self.parameters
         schedule = [(since, version.crs) for since, version in self.parameter_schedule]
         crs = derive_crs(timeline, schedule, infusion_at=infusion_at, as_of=as_of)
+        self.crs_episodes = crs.episodes
         self._publish_grades("CRS", self.CRSGraded, _crs_points(crs, context), context, known_until)
         self._publish_episodes(
             "CRS",
@@ -692,15 +725,20 @@ class Participant(Aggregate):
         CRS episode."""
         parameters = self.parameters
         version = parameters.ctcae_version
-        schedule = [(since, version_.crs) for since, version_ in self.parameter_schedule]
-        crs = derive_crs(timeline, schedule, infusion_at=context.infusion_at, as_of=as_of)
+        episodes = self.crs_episodes
+        if episodes is None:
+            schedule = [(since, version_.crs) for since, version_ in self.parameter_schedule]
+            crs = derive_crs(timeline, schedule, infusion_at=context.infusion_at, as_of=as_of)
+            episodes = self.crs_episodes = crs.episodes
+        if not episodes:
+            return
         start = next((e.at for e in timeline if e.type == "lymphodepletion.administered"), None)
         baseline = lab_baselines([e for e in timeline if e.type == "lab.resulted"], start).get(
             "ferritin"
         )
         screens = iechs_screen(
             timeline,
-            crs_episodes=[(e.onset_at, e.resolved_at) for e in crs.episodes],
+            crs_episodes=[(e.onset_at, e.resolved_at) for e in episodes],
             baseline_ferritin=baseline,
             params=parameters.iechs,
             version=version,

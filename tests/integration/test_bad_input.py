@@ -181,7 +181,7 @@ def test_malformed_messages_are_rejected_unchanged_and_valid_ones_applied(
         wait_for_count(rejected_topic.count, len(malformed), timeout=60)
         rejected = rejected_topic.read_to_end()
     with broker.reader(fresh_topics.safety) as safety_topic:
-        wait_for_count(safety_topic.count, sum(map(len, expected.values())), timeout=30)
+        wait_for_count(safety_topic.count, sum(map(len, expected.values())), timeout=300)
         published = [record.json() for record in safety_topic.read_to_end()]
     assert worker.alive(), f"the worker died on bad input\n{services.logs()}"
     assert relay.alive(), services.logs()

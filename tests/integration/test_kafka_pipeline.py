@@ -64,7 +64,7 @@ def test_streamed_cohort_derives_the_same_events_as_the_process_command(
     assert sum(map(len, placements)) == len(messages) + 3 * ticks  # a tick on each of 4 partitions
 
     with broker.reader(fresh_topics.safety) as safety:
-        wait_for_count(safety.count, len(expected_events), timeout=90)
+        wait_for_count(safety.count, len(expected_events), timeout=400)
         records = safety.read_to_end()
     assert worker.alive(), services.logs()
     assert relay.alive(), services.logs()
