@@ -191,6 +191,20 @@ class Participant(Aggregate):
             participant.parameters = ProtocolParameters.model_validate(self.parameters)
             participant.parameter_schedule.append((self.effective_from, participant.parameters))
 
+    class WakeScheduled(Aggregate.Event):
+        """When each rule system next changes with time alone, and the earliest of
+        them: a clock tick before ``wake_at`` changes nothing."""
+
+        wakes: dict[str, str | None]
+        wake_at: datetime | None
+
+        def apply(self, aggregate: Aggregate) -> None:
+            participant = cast(Participant, aggregate)
+            participant.wakes = {
+                k: datetime.fromisoformat(v) if v else None for k, v in self.wakes.items()
+            }
+            participant.wake_at = self.wake_at
+
     class ClinicalEventRecorded(Aggregate.Event):
         event: dict[str, Any]
         received_at: datetime
@@ -342,8 +356,7 @@ class Participant(Aggregate):
         self.wake_at: datetime | None = None
         #: When each rule system next changes with time alone (as of its last derivation).
         self.wakes: dict[str, datetime | None] = {}
-        #: The CRS episodes of the latest CRS derivation (a cache the IEC-HS screen reads).
-        self.crs_episodes: tuple[CRSEpisode, ...] | None = None
+        self._next_wakes: dict[str, datetime | None] = {}
 
     def put_published(
         self, term: str, at: datetime, data: dict[str, Any], caused_by: list[str]
@@ -551,9 +564,15 @@ class Participant(Aggregate):
         if "DLT" in systems:
             found.extend(self._derive_dlt(timeline, context, as_of))
         self._publish_questions(found, context)
-        self.wake_at = min(
-            (w for w in self.wakes.values() if w is not None and w > as_of), default=None
-        )
+        wakes = self.wakes | self._next_wakes
+        self._next_wakes = {}
+        wake_at = min((w for w in wakes.values() if w is not None and w > as_of), default=None)
+        if wakes != self.wakes or wake_at != self.wake_at:
+            self.trigger_event(
+                self.WakeScheduled,
+                wakes={k: (v.isoformat() if v else None) for k, v in sorted(wakes.items())},
+                wake_at=wake_at,
+            )
 
     def _derive_crs(
         self,
@@ -566,7 +585,6 @@ class Participant(Aggregate):
         parameters = self.parameters
         schedule = [(since, version.crs) for since, version in self.parameter_schedule]
         crs = derive_crs(timeline, schedule, infusion_at=infusion_at, as_of=as_of)
-        self.crs_episodes = crs.episodes
         self._publish_grades("CRS", self.CRSGraded, _crs_points(crs, context), context, known_until)
         self._publish_episodes(
             "CRS",
@@ -580,7 +598,7 @@ class Participant(Aggregate):
                 f"for {parameters.crs.resolution_hours:g} h",
             },
         )
-        self.wakes["CRS"] = crs.next_wake_at
+        self._next_wakes["CRS"] = crs.next_wake_at
         return crs.questions
 
     def _derive_ctcae(
@@ -712,7 +730,7 @@ class Participant(Aggregate):
             default=None,
         )
         open_episode = any(e.resolved_at is None for e in episodes)
-        self.wakes["FN"] = (
+        self._next_wakes["FN"] = (
             last_input + timedelta(hours=parameters.febrile_neutropenia.afebrile_hours_to_resolve)
             if open_episode and last_input is not None
             else None
@@ -725,11 +743,7 @@ class Participant(Aggregate):
         CRS episode."""
         parameters = self.parameters
         version = parameters.ctcae_version
-        episodes = self.crs_episodes
-        if episodes is None:
-            schedule = [(since, version_.crs) for since, version_ in self.parameter_schedule]
-            crs = derive_crs(timeline, schedule, infusion_at=context.infusion_at, as_of=as_of)
-            episodes = self.crs_episodes = crs.episodes
+        episodes = self._published_episodes("CRS")
         if not episodes:
             return
         start = next((e.at for e in timeline if e.type == "lymphodepletion.administered"), None)
@@ -738,7 +752,7 @@ class Participant(Aggregate):
         )
         screens = iechs_screen(
             timeline,
-            crs_episodes=[(e.onset_at, e.resolved_at) for e in episodes],
+            crs_episodes=episodes,
             baseline_ferritin=baseline,
             params=parameters.iechs,
             version=version,
@@ -788,7 +802,7 @@ class Participant(Aggregate):
             ],
             as_of=as_of,
         )
-        self.wakes["DLT"] = evaluation.next_wake_at
+        self._next_wakes["DLT"] = evaluation.next_wake_at
         window = evaluation.window
         if window is not None:
             self._emit_once(
@@ -892,6 +906,21 @@ class Participant(Aggregate):
         if key not in self.published_keys:
             self._emit(event_class, context, effective_at, caused_by, {"key": key} | data)
 
+    def _published_episodes(self, term: str) -> list[tuple[datetime, datetime | None]]:
+        """The episodes of a term as published: onset and resolution, if any."""
+        onsets: dict[int, datetime] = {}
+        for at, episode, _ in self.published.get(term, ()):
+            if episode > 0 and episode not in onsets:
+                onsets[episode] = at
+        resolved = self.published_resolutions
+        return [
+            (
+                onset,
+                datetime.fromisoformat(resolved[(term, n)]) if (term, n) in resolved else None,
+            )
+            for n, onset in sorted(onsets.items())
+        ]
+
     def _derive_icans(
         self,
         timeline: list[TimelineEntry],
@@ -917,7 +946,7 @@ class Participant(Aggregate):
                 f"{parameters.icans.resolution_hours:g} h",
             },
         )
-        self.wakes["ICANS"] = icans.next_wake_at
+        self._next_wakes["ICANS"] = icans.next_wake_at
         return icans.questions
 
     def _emit(
