@@ -39,6 +39,14 @@ FEED_TYPES = frozenset(
         "icaht.graded",
         "grade.revised",
         "adjudication.requested",
+        "toxicity.graded",
+        "iechs.screen_positive",
+        "protocol.deviation",
+        "sae.clock_started",
+        "dlt.candidate",
+        "dlt.confirmed",
+        "dlt.ruled_out",
+        "dlt.window_closed",
     }
 )
 _COLOUR = {0: "dim", 1: "cyan", 2: "yellow", 3: "red", 4: "bold red", 5: "bold red"}
@@ -220,7 +228,7 @@ def _feed(
                         continue
                     progress.derived += 1
                     event = json.loads(record.value)
-                    if event["type"] in FEED_TYPES:
+                    if event["type"] in FEED_TYPES and _worth_showing(event):
                         progress.crs_changes += event["type"].startswith("crs.")
                         console.print(_describe(event))
             now = time.monotonic()
@@ -244,6 +252,14 @@ def _feed(
         consumer.close()
 
 
+def _worth_showing(event: dict[str, Any]) -> bool:
+    """Toxicities from grade 3 (and their return), everything else as it comes."""
+    if event["type"] != "toxicity.graded":
+        return True
+    data = event["data"]
+    return max(int(data["grade"]), int(data["previous_grade"])) >= 3
+
+
 def _describe(event: dict[str, Any]) -> str:
     data = event["data"]
     who = f"{event['participant_id']} {event.get('dose_level') or '?'}"
@@ -264,6 +280,39 @@ def _describe(event: dict[str, Any]) -> str:
         )
     if kind == "adjudication.requested":
         return f"{when}  {who}  [magenta]adjudication requested[/magenta]: {data['question']}"
+    if kind.startswith("dlt."):
+        if kind == "dlt.window_closed":
+            verdict = "evaluable" if data["evaluable"] else "not evaluable"
+            dlt = ", DLT" if data["had_dlt"] else ", no DLT"
+            return f"{when}  {who}  [blue]DLT window closed[/blue] ({verdict}{dlt})"
+        label = {
+            "dlt.candidate": "DLT candidate",
+            "dlt.confirmed": "DLT confirmed",
+            "dlt.ruled_out": "DLT ruled out",
+        }[kind]
+        colour = "bold red" if kind == "dlt.confirmed" else "blue"
+        return (
+            f"{when}  {who}  [{colour}]{label}[/{colour}] {data['rule']} "
+            f"({data['term']}, grade {data['grade']})"
+        )
+    if kind == "iechs.screen_positive":
+        return (
+            f"{when}  {who}  [red]IEC-HS screen positive[/red]: {', '.join(data['criteria_met'])}"
+        )
+    if kind == "protocol.deviation":
+        return f"{when}  {who}  [red]protocol deviation[/red] {data['rule']}: {data['detail']}"
+    if kind == "sae.clock_started":
+        return (
+            f"{when}  {who}  [red]SAE clock[/red] {data['obligation']} for {data['ae_id']}, "
+            f"due {str(data['deadline_at'])[:16]}"
+        )
+    if kind == "toxicity.graded":
+        grade = int(data["grade"])
+        colour = _COLOUR[grade]
+        return (
+            f"{when}  {who}  [{colour}]{data['term']} grade {grade}[/{colour}] "
+            f"(was {data['previous_grade']}; {data['criteria']})"
+        )
     grade = int(data["grade"])
     colour = _COLOUR[grade]
     if kind == "icaht.graded":

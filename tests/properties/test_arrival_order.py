@@ -142,3 +142,31 @@ def test_published_grades_do_not_depend_on_arrival_order(specs, order):
     shuffled = list(observations)
     order.shuffle(shuffled)
     assert _same_grades(_published(in_clinical_order), _published(FRAME + shuffled))
+
+
+def _resent(event, n: int):
+    """The same clinical content under a new event id (a re-sent record)."""
+    wire = event.to_wire() | {"event_id": f"resent-{n:03d}"}
+    return CLINICAL_EVENT_ADAPTER.validate_json(json.dumps(wire))
+
+
+def _void(event, n: int):
+    return _event(n, "record.voided", 200, voids_event_id=event.event_id, reason="entered in error")
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    specs=st.lists(observation, min_size=2, max_size=12, unique_by=lambda spec: spec[1]),
+    pick=st.integers(min_value=0, max_value=11),
+)
+def test_voiding_an_event_and_resending_it_restores_the_derived_grades(specs, pick):
+    # Reference §0.4: a void re-derives what follows; re-sending the record (a new
+    # event id, the same content) must bring back exactly what it had derived.
+    observations = sorted(
+        (_to_event(n + 10, spec) for n, spec in enumerate(specs)),
+        key=lambda e: (e.occurred_at, e.event_id),
+    )
+    target = observations[pick % len(observations)]
+    original = _published(FRAME + observations)
+    restored = _published([*FRAME, *observations, _void(target, 900), _resent(target, 901)])
+    assert _same_grades(original, restored)
