@@ -155,6 +155,14 @@ def _ctcae_subject(entry_data: BaseModel) -> str | None:
     return None
 
 
+class KeyedSafetyEvent(SafetyEventRecorded):
+    """A one-off finding (deviation, SAE clock, screen, DLT step), published once per
+    ``data["key"]``."""
+
+    def apply(self, aggregate: Aggregate) -> None:
+        cast(Participant, aggregate).published_keys.add(self.data["key"])
+
+
 _Published = tuple[datetime, int, int]  # (effective_at, episode, grade)
 
 
@@ -260,53 +268,29 @@ class Participant(Aggregate):
                 self.data["term"], self.effective_at, self.data, self.caused_by
             )
 
-    class ProtocolDeviationFound(SafetyEventRecorded):
+    class ProtocolDeviationFound(KeyedSafetyEvent):
         contract_type = "protocol.deviation"
 
-        def apply(self, aggregate: Aggregate) -> None:
-            cast(Participant, aggregate).published_keys.add(self.data["key"])
-
-    class SAEClockStarted(SafetyEventRecorded):
+    class SAEClockStarted(KeyedSafetyEvent):
         contract_type = "sae.clock_started"
 
-        def apply(self, aggregate: Aggregate) -> None:
-            cast(Participant, aggregate).published_keys.add(self.data["key"])
-
-    class IECHSScreenPositive(SafetyEventRecorded):
+    class IECHSScreenPositive(KeyedSafetyEvent):
         contract_type = "iechs.screen_positive"
 
-        def apply(self, aggregate: Aggregate) -> None:
-            cast(Participant, aggregate).published_keys.add(self.data["key"])
-
-    class DLTWindowOpened(SafetyEventRecorded):
+    class DLTWindowOpened(KeyedSafetyEvent):
         contract_type = "dlt.window_opened"
 
-        def apply(self, aggregate: Aggregate) -> None:
-            cast(Participant, aggregate).published_keys.add(self.data["key"])
-
-    class DLTCandidateRaised(SafetyEventRecorded):
+    class DLTCandidateRaised(KeyedSafetyEvent):
         contract_type = "dlt.candidate"
 
-        def apply(self, aggregate: Aggregate) -> None:
-            cast(Participant, aggregate).published_keys.add(self.data["key"])
-
-    class DLTConfirmed(SafetyEventRecorded):
+    class DLTConfirmed(KeyedSafetyEvent):
         contract_type = "dlt.confirmed"
 
-        def apply(self, aggregate: Aggregate) -> None:
-            cast(Participant, aggregate).published_keys.add(self.data["key"])
-
-    class DLTRuledOut(SafetyEventRecorded):
+    class DLTRuledOut(KeyedSafetyEvent):
         contract_type = "dlt.ruled_out"
 
-        def apply(self, aggregate: Aggregate) -> None:
-            cast(Participant, aggregate).published_keys.add(self.data["key"])
-
-    class DLTWindowClosed(SafetyEventRecorded):
+    class DLTWindowClosed(KeyedSafetyEvent):
         contract_type = "dlt.window_closed"
-
-        def apply(self, aggregate: Aggregate) -> None:
-            cast(Participant, aggregate).published_keys.add(self.data["key"])
 
     class GradeRevised(SafetyEventRecorded):
         contract_type = "grade.revised"
