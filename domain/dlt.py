@@ -27,6 +27,10 @@ rule                                condition
 ``nonhematologic_grade_4``          grade 4: at once
 ``nonhematologic_grade_3_not_...``  grade 3 not back to <= 2 within
                                     ``nonhematologic_grade3_max_days``
+``iechs_licats_flare_grade_3``      IEC-HS, LICATS or autoimmune flare (category
+                                    ``special``) at grade >= 3: at once, when
+                                    ``special_grade3_counts`` (else these terms
+                                    follow the non-haematologic rules)
 ==================================  =============================================
 
 Decisions where the template is silent (documented for the safety review committee):
@@ -88,7 +92,7 @@ from typing import Literal
 from domain.protocol import DLTParameters, Relatedness
 from domain.timeline import AdjudicationQuestion
 
-Category = Literal["crs", "icans", "hematologic", "nonhematologic", "excluded"]
+Category = Literal["crs", "icans", "hematologic", "nonhematologic", "special", "excluded"]
 Rule = Literal[
     "grade_5",
     "crs_grade_4",
@@ -98,6 +102,7 @@ Rule = Literal[
     "hematologic_grade_4_persisting",
     "nonhematologic_grade_4",
     "nonhematologic_grade_3_not_resolving",
+    "iechs_licats_flare_grade_3",
 ]
 Status = Literal["pending", "confirmed", "ruled_out"]
 
@@ -465,10 +470,20 @@ def _course_drafts(
                 rule: Rule = "hematologic_grade_4_persisting"
                 drafts.append(_draft(course, rule, 4, run, max(decision_at, run.start), outcome))
         return drafts
-    if course.category not in _SEVERE_RULES:
+    category: str = course.category
+    if category == "special":
+        if params.special_grade3_counts:
+            for run in _runs(steps, 3):
+                if window.contains(run.start):
+                    rule = "iechs_licats_flare_grade_3"
+                    outcome = _at_once(run.start_grade, run)
+                    drafts.append(_draft(course, rule, run.start_grade, run, run.start, outcome))
+            return drafts
+        category = "nonhematologic"
+    if category not in _SEVERE_RULES:
         return drafts
-    grade4_rule, grade3_rule, verb = _SEVERE_RULES[course.category]
-    limit = _grade3_limit(course.category, params)
+    grade4_rule, grade3_rule, verb = _SEVERE_RULES[category]
+    limit = _grade3_limit(category, params)
     for event in _runs(steps, 1):
         severe = _within(event, _runs(steps, 4), window)
         if severe:

@@ -23,6 +23,20 @@ from uuid import NAMESPACE_URL, UUID, uuid5
 from eventsourcing.domain import Aggregate
 from pydantic import BaseModel, ValidationError
 
+from domain.adverse_events import (
+    Adjusted,
+    EpisodeKind,
+    ReportedAE,
+    adjudicate_episodes,
+    episode_decisions,
+    event_attributions,
+    event_decisions,
+    grade_discrepancy,
+    is_special_term,
+    reported_aes,
+    same_term,
+    term_course,
+)
 from domain.contract import (
     DATA_MODELS,
     AdjudicationRecorded,
@@ -45,8 +59,17 @@ from domain.gates import check_pre_infusion
 from domain.icaht import ICAHTDerivation, derive_icaht
 from domain.icans import ICANS_INPUT_TYPES, ICANSDerivation, ICANSEpisode, derive_icans
 from domain.protocol import ProtocolParameters, study_day
-from domain.sae import ReceivedEvent, sae_clocks
-from domain.screens import FN_TERM, febrile_neutropenia, iechs_screen
+from domain.sae import (
+    DeathGrade,
+    DeathGrading,
+    ReceivedEvent,
+    SAEReminder,
+    death_grade5,
+    next_reminder_at,
+    sae_clocks,
+    sae_reminders,
+)
+from domain.screens import FEVER_C, FN_TERM, febrile_neutropenia, iechs_screen
 from domain.timeline import AdjudicationQuestion, TimelineEntry
 
 NAMESPACE = uuid5(NAMESPACE_URL, "https://toxwatch.example/ns")
@@ -83,14 +106,18 @@ class SafetyEventRecorded(Aggregate.Event):
         )
 
 
-ALL_SYSTEMS = frozenset({"CRS", "ICANS", "ICAHT", "CTCAE", "GATES", "SAE", "FN", "IECHS", "DLT"})
+ALL_SYSTEMS = frozenset(
+    {"CRS", "ICANS", "ICAHT", "CTCAE", "GATES", "SAE", "FN", "IECHS", "AE", "DLT"}
+)
 #: Systems whose published grades the DLT rules read.
-_GRADING_SYSTEMS = frozenset({"CRS", "ICANS", "CTCAE", "FN"})
+_GRADING_SYSTEMS = frozenset({"CRS", "ICANS", "CTCAE", "FN", "AE"})
+#: Investigator reports, deaths and committee decisions.
+_AE_TYPES = frozenset({"adverse_event.reported", "death.reported", "adjudication.recorded"})
 _DLT_TYPES = frozenset(
     {"adverse_event.reported", "death.reported", "participant.withdrawn", "adjudication.recorded"}
 )
 _GATE_TYPES = frozenset({"eligibility.confirmed", "lymphodepletion.administered"})
-_SAE_TYPES = frozenset({"adverse_event.reported", "encounter.changed"})
+_SAE_TYPES = frozenset({"adverse_event.reported", "encounter.changed", "adjudication.recorded"})
 _IECHS_ANALYTES = frozenset(
     {"anc", "platelets", "hemoglobin", "ferritin", "fibrinogen", "alt", "ast"}
 )
@@ -132,6 +159,11 @@ def _systems_for(event: ClinicalEvent) -> frozenset[str]:
         systems.add("GATES")
     if event.type in _SAE_TYPES:
         systems.add("SAE")
+    if event.type in _AE_TYPES:
+        # A death can be grade 5 of any term; a committee decision can change an episode.
+        systems |= (
+            {"AE", "CTCAE", "CRS", "ICANS"} if event.type != "adverse_event.reported" else {"AE"}
+        )
     if systems & _GRADING_SYSTEMS or event.type in _DLT_TYPES:
         systems.add("DLT")
     return frozenset(systems)
@@ -273,6 +305,9 @@ class Participant(Aggregate):
 
     class SAEClockStarted(KeyedSafetyEvent):
         contract_type = "sae.clock_started"
+
+    class SAEReminderDue(KeyedSafetyEvent):
+        contract_type = "sae.reminder_due"
 
     class IECHSScreenPositive(KeyedSafetyEvent):
         contract_type = "iechs.screen_positive"
@@ -539,12 +574,15 @@ class Participant(Aggregate):
         if "GATES" in systems:
             found.extend(self._derive_gates(timeline, context))
         if "SAE" in systems:
-            found.extend(self._derive_sae(timeline, context))
+            found.extend(self._derive_sae(timeline, context, as_of))
         if "FN" in systems:
             known = known_until("subject:anc", "subject:temperature")
             self._derive_febrile_neutropenia(timeline, context, as_of, known)
         if "IECHS" in systems:
             self._derive_iechs(timeline, context, as_of)
+        if "AE" in systems:
+            known = known_until(*_AE_TYPES)
+            found.extend(self._derive_reported(timeline, context, known))
         if "DLT" in systems:
             found.extend(self._derive_dlt(timeline, context, as_of))
         self._publish_questions(found, context)
@@ -569,7 +607,8 @@ class Participant(Aggregate):
         parameters = self.parameters
         schedule = [(since, version.crs) for since, version in self.parameter_schedule]
         crs = derive_crs(timeline, schedule, infusion_at=infusion_at, as_of=as_of)
-        self._publish_grades("CRS", self.CRSGraded, _crs_points(crs, context), context, known_until)
+        points, decided = _adjudicated(_crs_points(crs, context), timeline, "crs_episode")
+        self._publish_grades("CRS", self.CRSGraded, points, context, known_until)
         self._publish_episodes(
             "CRS",
             self.CRSResolved,
@@ -583,7 +622,7 @@ class Participant(Aggregate):
             },
         )
         self._next_wakes["CRS"] = crs.next_wake_at
-        return crs.questions
+        return crs.questions + decided
 
     def _derive_ctcae(
         self,
@@ -620,6 +659,11 @@ class Participant(Aggregate):
             }
             point = _GradePoint(change.at, 0, change.grade, change.caused_by, data)
             by_term.setdefault(change.term, []).append(point)
+        for death in self._death_grades(timeline).grades:
+            if death.term in _CTCAE_TERM_NAMES:
+                point = _fatal_point(death, f"CTCAE-{version}", context)
+                by_term.setdefault(death.term, []).append(point)
+                by_term[death.term].sort(key=lambda p: p.at)
         if subject is None:
             terms = set(by_term) | {t for t in self.published if t in _CTCAE_TERM_NAMES}
         elif subject == "temperature":
@@ -631,6 +675,75 @@ class Participant(Aggregate):
             self._publish_grades(
                 term, self.ToxicityGraded, by_term.get(term, []), context, known_until
             )
+
+    def _investigator_terms(self, timeline: list[TimelineEntry]) -> dict[str, list[ReportedAE]]:
+        """Reported AEs of terms the engine does not grade itself, by reported term."""
+        terms: dict[str, list[ReportedAE]] = {}
+        for ae in reported_aes(timeline):
+            if _engine_term(ae.latest.term) is None:
+                first = next((t for t in terms if same_term(t, ae.latest.term)), ae.latest.term)
+                terms.setdefault(first, []).append(ae)
+        return terms
+
+    def _death_grades(self, timeline: list[TimelineEntry]) -> DeathGrading:
+        """Grade 5 of the graded term each ``death.reported`` names (CTCAE, ASTCT)."""
+        deaths = [e for e in timeline if isinstance(e.data, DeathReported)]
+        if not deaths:
+            return DeathGrading((), ())
+        terms = [*self.published, *self._investigator_terms(timeline), "CRS", "ICANS"]
+        return death_grade5(deaths, [t for t in terms if not t.startswith("ICAHT")])
+
+    def _derive_reported(
+        self, timeline: list[TimelineEntry], context: _Context, known_until: datetime | None
+    ) -> tuple[AdjudicationQuestion, ...]:
+        """Investigator-reported AEs (``domain.adverse_events``): terms the engine does
+        not grade are published as the investigator grades them; for terms it does, a
+        resolved AE whose grade differs from the derived one raises a question."""
+        questions: list[AdjudicationQuestion] = []
+        for ae in reported_aes(timeline):
+            engine = _engine_term(ae.latest.term)
+            if engine is not None:
+                steps = [(at, grade) for at, _, grade in self.published.get(engine, ())]
+                question = grade_discrepancy(ae, engine, steps)
+                if question is not None:
+                    questions.append(question)
+        deaths = self._death_grades(timeline)
+        questions.extend(deaths.questions)
+        for term, aes in sorted(self._investigator_terms(timeline).items()):
+            latest = aes[-1].latest
+            points = [
+                _GradePoint(
+                    step.at,
+                    0,
+                    step.grade,
+                    step.caused_by,
+                    {
+                        "term": term,
+                        "grade": step.grade,
+                        "criteria": latest.grading_scale,
+                        "value": None,
+                        "unit": None,
+                        "basis": {
+                            "source": "investigator",
+                            "ae_ids": [ae.ae_id for ae in aes],
+                            "serious": any(ae.latest.serious for ae in aes),
+                            "seriousness": sorted({c for ae in aes for c in ae.latest.seriousness}),
+                            "relatedness": latest.relatedness,
+                            "expected": latest.expected,
+                        },
+                        "study_day": context.study_day(step.at),
+                    },
+                )
+                for step in term_course(aes)
+            ]
+            points.extend(
+                _fatal_point(death, latest.grading_scale, context)
+                for death in deaths.grades
+                if death.term == term
+            )
+            points.sort(key=lambda p: p.at)
+            self._publish_grades(term, self.ToxicityGraded, points, context, known_until)
+        return tuple(questions)
 
     def _derive_gates(
         self, timeline: list[TimelineEntry], context: _Context
@@ -650,13 +763,22 @@ class Participant(Aggregate):
         return check.questions
 
     def _derive_sae(
-        self, timeline: list[TimelineEntry], context: _Context
+        self, timeline: list[TimelineEntry], context: _Context, as_of: datetime
     ) -> tuple[AdjudicationQuestion, ...]:
         """Reporting clocks from awareness (reference §10)."""
         received = [
             ReceivedEvent(e, *self.awareness[e.event_id]) for e in timeline if e.type in _SAE_TYPES
         ]
-        derivation = sae_clocks(received, self.parameters.reporting)
+        ae_of_event = {
+            e.event_id: e.data.ae_id for e in timeline if isinstance(e.data, AdverseEventReported)
+        }
+        decisions = {
+            ae_of_event[target]: decision
+            for target, decision in event_decisions(timeline).items()
+            if target in ae_of_event
+        }
+        reporting = self.parameters.reporting
+        derivation = sae_clocks(received, reporting, decisions)
         for clock in derivation.clocks:
             key = f"sae:{clock.ae_id}:{clock.obligation}"
             if key not in self.published_keys:
@@ -673,6 +795,31 @@ class Participant(Aggregate):
                         "deadline_at": clock.deadline_at.isoformat(),
                     },
                 )
+        # Reminders are due as clock ticks pass; one discovered late (a clock started
+        # after some of its reminder times, or ticks that skipped ahead) is superseded by
+        # the latest reminder due for the same clock.
+        due: dict[tuple[str, str], SAEReminder] = {}
+        for reminder in sae_reminders(derivation.clocks, reporting.reminder_hours_before, as_of):
+            due[(reminder.ae_id, reminder.obligation)] = reminder
+        for reminder in due.values():
+            hours = reminder.hours_before
+            self._emit_once(
+                self.SAEReminderDue,
+                context,
+                reminder.at,
+                list(reminder.caused_by),
+                f"sae-reminder:{reminder.ae_id}:{reminder.obligation}:{hours:g}",
+                {
+                    "ae_id": reminder.ae_id,
+                    "obligation": reminder.obligation,
+                    "deadline_at": reminder.deadline_at.isoformat(),
+                    "hours_before": hours,
+                    "overdue": hours == 0,
+                },
+            )
+        self._next_wakes["SAE"] = next_reminder_at(
+            derivation.clocks, reporting.reminder_hours_before, as_of
+        )
         return derivation.questions
 
     def _derive_febrile_neutropenia(
@@ -708,16 +855,21 @@ class Participant(Aggregate):
                 resolved = data | {"grade": 0, "study_day": context.study_day(episode.resolved_at)}
                 points.append(_GradePoint(episode.resolved_at, 0, 0, episode.caused_by, resolved))
         self._publish_grades(FN_TERM, self.ToxicityGraded, points, context, known_until)
-        # An open episode resolves after a day without fever: time alone can change it.
-        last_input = max(
-            (e.at for e in timeline if _ctcae_subject(e.data) in ("anc", "temperature")),
-            default=None,
-        )
-        open_episode = any(e.resolved_at is None for e in episodes)
+        # An open episode resolves a day after its fever ended: time alone can change it.
+        afebrile_since: datetime | None = None
+        onset = next((e.at for e in episodes if e.resolved_at is None), None)
+        if onset is not None:
+            for entry in sorted(timeline, key=lambda e: e.order):
+                vitals = entry.data
+                if not isinstance(vitals, VitalsRecorded) or vitals.temperature_c is None:
+                    continue
+                if entry.at >= onset and vitals.temperature_c >= FEVER_C:
+                    afebrile_since = None
+                elif entry.at >= onset and afebrile_since is None:
+                    afebrile_since = entry.at
+        hours = parameters.febrile_neutropenia.afebrile_hours_to_resolve
         self._next_wakes["FN"] = (
-            last_input + timedelta(hours=parameters.febrile_neutropenia.afebrile_hours_to_resolve)
-            if open_episode and last_input is not None
-            else None
+            afebrile_since + timedelta(hours=hours) if afebrile_since is not None else None
         )
 
     def _derive_iechs(
@@ -856,24 +1008,26 @@ class Participant(Aggregate):
         return evaluation.questions + referrals
 
     def _dlt_courses(self, timeline: list[TimelineEntry]) -> list[TermCourse]:
-        reports: dict[str, AdverseEventReported] = {}
-        for entry in timeline:
-            if isinstance(entry.data, AdverseEventReported):
-                reports[entry.data.term.casefold()] = entry.data
+        """Every published term's grade course, with the relatedness the investigator
+        reported for it (latest report naming it) and an attribution stated by the
+        committee on one of its reports."""
+        aes = reported_aes(timeline)
+        attributions = event_attributions(timeline)
         courses = []
         for term, points in sorted(self.published.items()):
             category = _dlt_category(term)
             steps = tuple(
                 GradeStep(at, grade, self.evidence.get((term, at), ())) for at, _, grade in points
             )
-            report = reports.get(term.casefold())
+            reports = [ae for ae in aes if same_term(ae.latest.term, term)]
+            stated = [attributions[i] for ae in reports for i in ae.event_ids if i in attributions]
             courses.append(
                 TermCourse(
                     term,
                     category,
                     steps,
-                    relatedness=report.relatedness if report else None,
-                    attributed_to=None,
+                    relatedness=reports[-1].latest.relatedness if reports else None,
+                    attributed_to=stated[-1] if stated else None,
                 )
             )
         return courses
@@ -915,9 +1069,8 @@ class Participant(Aggregate):
     ) -> tuple[AdjudicationQuestion, ...]:
         parameters = self.parameters
         icans = derive_icans(timeline, parameters.icans, infusion_at=infusion_at, as_of=as_of)
-        self._publish_grades(
-            "ICANS", self.ICANSGraded, _icans_points(icans, context), context, known_until
-        )
+        points, decided = _adjudicated(_icans_points(icans, context), timeline, "icans_episode")
+        self._publish_grades("ICANS", self.ICANSGraded, points, context, known_until)
         self._publish_episodes(
             "ICANS",
             self.ICANSResolved,
@@ -931,7 +1084,7 @@ class Participant(Aggregate):
             },
         )
         self._next_wakes["ICANS"] = icans.next_wake_at
-        return icans.questions
+        return icans.questions + decided
 
     def _emit(
         self,
@@ -1110,7 +1263,11 @@ class _Context:
 
 
 def _because(cause: ClinicalEvent) -> str:
-    return {"record.corrected": "correction", "record.voided": "void"}.get(cause.type, "late_data")
+    return {
+        "record.corrected": "correction",
+        "record.voided": "void",
+        "adjudication.recorded": "adjudication",
+    }.get(cause.type, "late_data")
 
 
 _HEMATOLOGIC_TERMS = frozenset(
@@ -1135,7 +1292,65 @@ def _dlt_category(term: str) -> Category:
         return "excluded"  # haematotoxicity counts through the CTCAE cytopenia terms
     if term in _HEMATOLOGIC_TERMS:
         return "hematologic"
+    if is_special_term(term):
+        return "special"  # IEC-HS, LICATS, autoimmune flare: rule 6
     return "nonhematologic"
+
+
+#: The terms the engine grades from clinical data (an investigator's report of one of
+#: them adds relatedness, not a second course).
+_ENGINE_TERMS = ("CRS", "ICANS", FN_TERM, *sorted(_CTCAE_TERM_NAMES))
+
+
+def _engine_term(term: str) -> str | None:
+    return next((t for t in _ENGINE_TERMS if same_term(t, term)), None)
+
+
+def _fatal_point(death: DeathGrade, criteria: str, context: _Context) -> _GradePoint:
+    data = {
+        "term": death.term,
+        "grade": 5,
+        "criteria": criteria,
+        "value": None,
+        "unit": None,
+        "basis": {"death": death.cause},
+        "study_day": context.study_day(death.at),
+    }
+    return _GradePoint(death.at, 0, 5, death.caused_by, data)
+
+
+def _adjudicated(
+    points: list[_GradePoint], timeline: list[TimelineEntry], kind: EpisodeKind
+) -> tuple[list[_GradePoint], tuple[AdjudicationQuestion, ...]]:
+    """The episode grade points with the committee's decisions applied
+    (``domain.adverse_events.adjudicate_episodes``)."""
+    decisions, questions = episode_decisions(timeline, kind)
+    if not decisions:
+        return points, questions
+    adjusted: list[Adjusted] = adjudicate_episodes(
+        [(p.at, p.episode, p.grade) for p in points], decisions
+    )
+    result: list[_GradePoint] = []
+    for point, change in zip(points, adjusted, strict=True):
+        decision = change.decision
+        if decision is None or change.grade == change.derived:
+            new = point
+        else:
+            data = point.data | {
+                "grade": change.grade,
+                "derived_grade": change.derived,
+                "adjudication": {
+                    "decision": decision.decision,
+                    "reason": decision.reason,
+                    "event_id": decision.event_id,
+                },
+            }
+            caused_by = (*point.caused_by, decision.event_id)
+            new = _GradePoint(point.at, point.episode, change.grade, caused_by, data)
+        if result and (result[-1].grade, result[-1].episode) == (new.grade, new.episode):
+            continue  # the decision made this point no change
+        result.append(new)
+    return result, questions
 
 
 def _cause_term(cause: str, published: dict[str, list[_Published]]) -> str | None:

@@ -95,6 +95,11 @@ class DLTParameters(_Section):
         description="from the first time grade 3 was met to the start of a sustained return "
         "to <= grade 2, or the longest continuous run at grade >= 3",
     )
+    special_grade3_counts: bool = Field(
+        default=True,
+        description="[parameter] rule 6: grade >= 3 IEC-HS, LICATS or autoimmune flare is a "
+        "DLT at once (false: these follow the non-haematologic rules)",
+    )
     excluded_terms: tuple[str, ...] = (
         "Fever",
         "Lymphocyte count decreased",

@@ -40,12 +40,12 @@ Readings:
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Final, Literal
 
+from domain.adverse_events import names_of, normal_name
 from domain.contract import AdverseEventReported, DeathReported, EncounterChanged
 from domain.protocol import ReportingClocks
 from domain.timeline import AdjudicationQuestion, TimelineEntry
@@ -139,10 +139,14 @@ def _planned_stay_at(
 
 class _Clocks:
     def __init__(
-        self, params: ReportingClocks, stays: Sequence[tuple[datetime, datetime | None, str]]
+        self,
+        params: ReportingClocks,
+        stays: Sequence[tuple[datetime, datetime | None, str]],
+        decisions: Mapping[str, str],
     ) -> None:
         self.params = params
         self.stays = stays
+        self.decisions = decisions
         self.clocks: dict[tuple[str, Obligation], SAEClock] = {}
         self.questions: dict[str, AdjudicationQuestion] = {}
 
@@ -157,7 +161,10 @@ class _Clocks:
             set(ae.seriousness) == {"hospitalization"}
             and stay is not None
             and not self.params.protocol_mandated_admission_is_sae
+            and self.decisions.get(ae.ae_id) != "confirm"
         ):
+            if self.decisions.get(ae.ae_id) == "reject":
+                return  # the committee found the stay was not caused or prolonged by it
             deadline = awareness + timedelta(hours=self.params.site_to_sponsor_hours)
             self._ask(
                 f"planned-admission:{ae.ae_id}",
@@ -222,14 +229,21 @@ class _Clocks:
             self.questions[key] = AdjudicationQuestion(key, at, question, target, evidence)
 
 
-def sae_clocks(events: Sequence[ReceivedEvent], params: ReportingClocks) -> SAEDerivation:
+def sae_clocks(
+    events: Sequence[ReceivedEvent],
+    params: ReportingClocks,
+    planned_stay_decisions: Mapping[str, str] | None = None,
+) -> SAEDerivation:
     """Reporting clocks of every SAE among ``events`` (reference §10).
 
     ``events`` are the participant's ``adverse_event.reported`` and ``encounter.changed``
     events (others are ignored); reports are applied in arrival order
-    (``received_at``, then ``seq``).
+    (``received_at``, then ``seq``). ``planned_stay_decisions`` answers, by ``ae_id``, the
+    question raised for an AE serious only by a protocol-mandated stay: ``confirm`` (the
+    stay was caused or prolonged by it: an SAE, its clock running from the original
+    awareness) or ``reject`` (not an SAE).
     """
-    clocks = _Clocks(params, _planned_stays(events))
+    clocks = _Clocks(params, _planned_stays(events), planned_stay_decisions or {})
     reports = sorted(
         ((e, e.entry.data) for e in events if isinstance(e.entry.data, AdverseEventReported)),
         key=lambda pair: (pair[0].received_at, pair[0].entry.seq),
@@ -265,14 +279,23 @@ def sae_reminders(
     return tuple(sorted(reminders, key=lambda r: (r.at, r.ae_id, r.obligation)))
 
 
-# ---------------------------------------------------------------- death
+def next_reminder_at(
+    clocks: Iterable[SAEClock], reminder_hours_before: Sequence[float], as_of: datetime
+) -> datetime | None:
+    """When the next reminder after ``as_of`` falls due (the time a clock tick must
+    reach for :func:`sae_reminders` to return more)."""
+    hours_before = {*reminder_hours_before, 0.0}
+    upcoming = [
+        clock.deadline_at - timedelta(hours=hours)
+        for clock in clocks
+        for hours in hours_before
+        if clock.deadline_at - timedelta(hours=hours) > as_of
+        and clock.deadline_at - timedelta(hours=hours) >= clock.awareness_at
+    ]
+    return min(upcoming, default=None)
 
-#: Names that denote the same toxicity (ASTCT acronyms and their spelled-out terms).
-TERM_SYNONYMS: Final[tuple[frozenset[str], ...]] = (
-    frozenset({"crs", "cytokine release syndrome"}),
-    frozenset({"icans", "immune effector cell associated neurotoxicity syndrome"}),
-    frozenset({"iec hs", "immune effector cell associated hlh like syndrome"}),
-)
+
+# ---------------------------------------------------------------- death
 
 
 @dataclass(frozen=True)
@@ -292,22 +315,9 @@ class DeathGrading:
     questions: tuple[AdjudicationQuestion, ...]
 
 
-def _normal(text: str) -> str:
-    return " ".join(re.sub(r"[^a-z0-9]+", " ", text.lower()).split())
-
-
-def _names(term: str) -> set[str]:
-    name = _normal(term)
-    names = {name}
-    for group in TERM_SYNONYMS:
-        if name in group:
-            names |= group
-    return names
-
-
 def _names_in(cause: str, term: str) -> bool:
-    padded = f" {_normal(cause)} "
-    return any(f" {name} " in padded for name in _names(term))
+    padded = f" {normal_name(cause)} "
+    return any(f" {name} " in padded for name in names_of(term))
 
 
 def death_grade5(deaths: Sequence[TimelineEntry], terms_graded: Iterable[str]) -> DeathGrading:

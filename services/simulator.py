@@ -14,6 +14,20 @@ reference.md section 1), a few have ICANS (section 2); every episode resolves. A
 records are back-charted or delivered late, corrected (full replacement ``data``) or
 voided. The ``occurred_at`` of a correction or a void is when it was made; it applies
 to its target retroactively.
+
+Five stories, each given to the first participant of the plan that fits it
+(``_with_stories``), exercise investigator reports and committee decisions:
+
+- ``licats_flare``: a LICATS grade 3 flare (reference section 6) with an unplanned
+  readmission inside the DLT window (section 7 rule 6), reported serious, then resolved;
+- ``late_susar``: an unexpected, possibly related serious AE after the DLT window, a
+  SUSAR (section 10);
+- ``src_confirms_crs_admission``: the safety review committee confirms that a grade 3
+  CRS reported serious by hospitalisation during the protocol-mandated stay was an SAE;
+- ``src_regrades_crs``: the committee regrades a grade 2 CRS episode to grade 1;
+- ``src_rejects_iechs``: the committee rejects the IEC-HS screen of a grade >= 2 CRS.
+
+Adjudications are recorded in the EDC like other investigator data (section 9).
 """
 
 from __future__ import annotations
@@ -24,8 +38,8 @@ import json
 import math
 import os
 import random
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from typing import IO, Any
 
@@ -90,7 +104,7 @@ def simulate_cohort(spec: CohortSpec = CohortSpec()) -> list[SimulatedMessage]:
     _check_spec(spec)
     rng = random.Random(spec.seed)
     tag = f"{rng.getrandbits(32):08x}"
-    plans = _plan_cohort(spec, rng)
+    plans = _with_stories(_plan_cohort(spec, rng))
     messages: list[SimulatedMessage] = []
     for plan in plans:
         events = _Course(plan, spec, tag).build()
@@ -217,6 +231,7 @@ class _Plan:
     crs_onset_day: int
     icans: bool
     extras: frozenset[str]
+    stories: frozenset[str] = frozenset()
 
 
 #: Per dose level: P(CRS), P(grade 3 | CRS), P(grade 2 | CRS).
@@ -332,6 +347,41 @@ def _icans_participants(grades: list[int], severity: list[float], rng: random.Ra
     count = min(rng.randint(2, 4), len(with_crs))
     risk = {i: grades[i] + severity[i] + 2 * rng.random() for i in with_crs}
     return set(sorted(with_crs, key=lambda i: -risk[i])[:count])
+
+
+def _with_stories(plans: list[_Plan]) -> list[_Plan]:
+    """Give each story of the module docstring to the first participant that fits it.
+
+    Chosen from the plan alone, without random draws, so no other data change. Where
+    two conditions are given, the first is preferred: the committee confirms a stay
+    prolonged by vasopressors, the LICATS flare is a lupus flare.
+    """
+
+    def first(*fits: Callable[[_Plan], bool], besides: Iterable[str | None] = ()) -> str | None:
+        excluded = set(besides)
+        for condition in fits:
+            for plan in plans:
+                if plan.participant_id not in excluded and condition(plan):
+                    return plan.participant_id
+        return None
+
+    chosen = {
+        "src_confirms_crs_admission": first(
+            lambda p: p.crs_grade == 3 and p.crs_path == "vasopressor", lambda p: p.crs_grade == 3
+        ),
+        "src_regrades_crs": first(lambda p: p.crs_grade == 2),
+        "src_rejects_iechs": first(lambda p: p.crs_grade >= 2),
+        "licats_flare": first(
+            lambda p: p.crs_grade <= 2 and p.disease == "SLE", lambda p: p.crs_grade <= 2
+        ),
+    }
+    chosen["late_susar"] = first(lambda p: True, besides=chosen.values())
+    return [
+        replace(
+            plan, stories=frozenset(s for s, who in chosen.items() if who == plan.participant_id)
+        )
+        for plan in plans
+    ]
 
 
 def _data_quality_extras(grades: list[int], paths: list[str], rng: random.Random) -> list[set[str]]:
@@ -528,6 +578,8 @@ class _Course:
         self.tocilizumab_at: datetime | None = None
         self.icans_window: Interval | None = None
         self.premedication: _Event | None = None
+        self.serious_crs_report: tuple[str, datetime] | None = None
+        self.discharge_at: datetime | None = None
         self.ae_count = 0
 
     def build(self) -> list[_Event]:
@@ -541,6 +593,7 @@ class _Course:
         self._pharmacokinetics()
         self._visits()
         self._charting_errors()
+        self._stories()
         return self.events
 
     # -- primitives
@@ -725,6 +778,11 @@ class _Course:
     def icu(self, kind: str, at: datetime) -> None:
         self.edc("encounter.changed", at, {"kind": kind, "planned": False}, "ICU")
 
+    def unplanned_stay(self, kind: str, at: datetime) -> None:
+        """An admission or discharge the protocol did not mandate (contract ``planned``)."""
+        form = {"admission": "READM", "discharge": "READM/DIS"}[kind]
+        self.edc("encounter.changed", at, {"kind": kind, "planned": False}, form)
+
     # -- CRS (reference section 1)
 
     def _crs(self) -> None:
@@ -897,7 +955,8 @@ class _Course:
         ae_id, term = self.next_ae_id(), "Cytokine release syndrome"
         if grade_3_at is not None:
             reported = grade_3_at + self.hours(2, 20)
-            self._adverse_event(ae_id, term, grade, onset, None, reported, serious=True)
+            event_id = self._adverse_event(ae_id, term, grade, onset, None, reported, serious=True)
+            self.serious_crs_report = (event_id, reported)
         report = end + self.hours(24, 72)
         self._adverse_event(ae_id, term, grade, onset, end, report, serious=grade >= 3)
 
@@ -915,23 +974,28 @@ class _Course:
         reported: datetime,
         *,
         serious: bool,
-    ) -> None:
+        grading_scale: str = "ASTCT-2019",
+        relatedness: str = "probable",
+        expected: bool = True,
+        outcome: str = "recovering",
+    ) -> str:
+        """An investigator's report, sent at ``reported``; ``occurred_at`` is the onset."""
         data: dict[str, Any] = {
             "ae_id": ae_id,
             "term": term,
-            "grading_scale": "ASTCT-2019",
+            "grading_scale": grading_scale,
             "grade": grade,
             "serious": serious,
             "seriousness": ["hospitalization"] if serious else [],
-            "relatedness": "probable",
+            "relatedness": relatedness,
             "relatedness_lymphodepletion": "unlikely",
-            "expected": True,
+            "expected": expected,
             "onset_at": onset.isoformat(),
-            "outcome": "recovering",
+            "outcome": outcome,
         }
         if resolved is not None:
             data |= {"resolved_at": resolved.isoformat(), "outcome": "recovered"}
-        self.emit(
+        return self.emit(
             "adverse_event.reported",
             onset,
             data,
@@ -1126,11 +1190,9 @@ class _Course:
             discharge_day = max(discharge_day, (self.crs_end - self.midnight0).days + 2)
         if self.icans_window is not None:
             discharge_day = max(discharge_day, (self.icans_window[1] - self.midnight0).days + 2)
+        self.discharge_at = self.at(discharge_day, 10, 5 * self.rng.randint(0, 11))
         self.edc(
-            "encounter.changed",
-            self.at(discharge_day, 10, 5 * self.rng.randint(0, 11)),
-            {"kind": "discharge", "planned": True},
-            "DIS",
+            "encounter.changed", self.discharge_at, {"kind": "discharge", "planned": True}, "DIS"
         )
 
     def _disease_assessment(self, at: datetime, visit: str) -> None:
@@ -1300,6 +1362,117 @@ class _Course:
             report_after=self.minutes(1, 10),
             recorded_by=f"crc-{self.site_code}-01",
         )
+
+    # -- stories (module docstring), after everything else so no other draw moves
+
+    def _stories(self) -> None:
+        stories = self.plan.stories
+        if "src_confirms_crs_admission" in stories and self.serious_crs_report is not None:
+            event_id, reported = self.serious_crs_report
+            self._adjudication(
+                reported + self.hours(44, 52),
+                {"kind": "event", "id": event_id},
+                "confirm",
+                f"Stay prolonged by grade 3 CRS requiring {_GRADE_3_SUPPORT[self.plan.crs_path]}",
+            )
+        if "src_regrades_crs" in stories and self.crs_end is not None:
+            self._adjudication(
+                self.crs_end + self.hours(68, 76),
+                {"kind": "crs_episode", "id": "1"},
+                "regrade",
+                "Hypotension/hypoxia reading was a charting artefact; "
+                "repeat measurement normal within 10 min",
+                grade=1,
+            )
+        if "src_rejects_iechs" in stories and self.crs_onset is not None:
+            self._adjudication(
+                self.crs_onset + self.hours(44, 52),
+                {"kind": "iechs_screen", "id": "iechs:1"},
+                "reject",
+                "Ferritin rise explained by CRS; no new cytopenia, coagulopathy or "
+                "hepatic dysfunction",
+            )
+        if "licats_flare" in stories:
+            self._licats_flare()
+        if "late_susar" in stories:
+            self._late_susar()
+
+    def _adjudication(
+        self,
+        at: datetime,
+        target: dict[str, str],
+        decision: str,
+        reason: str,
+        *,
+        grade: int | None = None,
+    ) -> None:
+        """A safety review committee decision (reference section 9), entered in the EDC."""
+        data: dict[str, Any] = {
+            "target": target,
+            "decision": decision,
+            "reason": reason,
+            "adjudicator": "SRC",
+        }
+        if grade is not None:
+            data["grade"] = grade
+        self.edc("adjudication.recorded", at, data, "ADJ")
+
+    def _licats_flare(self) -> None:
+        """A LICATS grade 3 flare (hospitalisation; reference section 6) inside the DLT
+        window: rule 6 of section 7. It starts after the protocol-mandated stay, so the
+        readmission is unplanned and the SAE clock runs."""
+        rng = self.rng
+        discharged = self.discharge_at or self.at(15, 10)
+        day = (discharged - self.midnight0).days + _LICATS_DAYS_AFTER_DISCHARGE
+        admitted = self.at(day, rng.randint(9, 20), 5 * rng.randint(0, 11))
+        self.unplanned_stay("admission", admitted)
+        ae_id = self.next_ae_id()
+
+        def report(resolved: datetime | None, reported: datetime) -> None:
+            self._adverse_event(
+                ae_id,
+                _LICATS_TERM,
+                3,
+                admitted,
+                resolved,
+                reported,
+                serious=True,
+                grading_scale="LICATS-2025",
+            )
+
+        report(None, admitted + self.hours(2, 6))
+        home = self.at(day + _LICATS_STAY_DAYS, 10, 5 * rng.randint(0, 11))
+        self.unplanned_stay("discharge", home)
+        report(home - self.hours(6, 20), home + self.hours(2, 8))
+
+    def _late_susar(self) -> None:
+        """An unexpected, possibly related SAE after the DLT window: a SUSAR whose
+        15-day clock runs (reference section 10). It does not resolve in follow-up."""
+        rng = self.rng
+        onset = self.at(_SUSAR_ONSET_DAY, rng.randint(6, 14), 5 * rng.randint(0, 11))
+        self.unplanned_stay("admission", onset + self.hours(3, 8))
+        self._adverse_event(
+            self.next_ae_id(),
+            _SUSAR_TERM,
+            3,
+            onset,
+            None,
+            self.at(_SUSAR_ONSET_DAY + 1, rng.randint(9, 16), 5 * rng.randint(0, 11)),
+            serious=True,
+            grading_scale="CTCAE-5.0",
+            relatedness="possible",
+            expected=False,
+            outcome="not_recovered",
+        )
+
+
+_GRADE_3_SUPPORT = {"vasopressor": "vasopressors", "high_flow": "high-flow oxygen"}
+_LICATS_TERM = "Local immune effector cell-associated toxicity syndrome"
+#: Readmission on day 18 after the usual day-15 discharge: inside the 28-day DLT window.
+_LICATS_DAYS_AFTER_DISCHARGE = 3
+_LICATS_STAY_DAYS = 6
+_SUSAR_TERM = "Parkinsonism"
+_SUSAR_ONSET_DAY = 44
 
 
 class _LabModel:

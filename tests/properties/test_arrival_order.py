@@ -150,6 +150,21 @@ def _resent(event, n: int):
     return CLINICAL_EVENT_ADAPTER.validate_json(json.dumps(wire))
 
 
+def _tick(hours: float):
+    at = (INFUSION + timedelta(hours=hours)).isoformat()
+    wire = {
+        "schema": "toxwatch.clinical.v1",
+        "event_id": f"tick-{at}",
+        "type": "clock.ticked",
+        "trial_id": "NCT07049081",
+        "site_id": "SCHED",
+        "participant_id": "-",
+        "occurred_at": at,
+        "data": {},
+    }
+    return CLINICAL_EVENT_ADAPTER.validate_json(json.dumps(wire))
+
+
 def _void(event, n: int):
     return _event(n, "record.voided", 200, voids_event_id=event.event_id, reason="entered in error")
 
@@ -167,6 +182,12 @@ def test_voiding_an_event_and_resending_it_restores_the_derived_grades(specs, pi
         key=lambda e: (e.occurred_at, e.event_id),
     )
     target = observations[pick % len(observations)]
-    original = _published(FRAME + observations)
-    restored = _published([*FRAME, *observations, _void(target, 900), _resent(target, 901)])
+    # Both records are compared at the same clinical time (the void is dated later than
+    # every observation, and time alone can change a grade: an episode resolves after
+    # a day without fever), so each ends with the same clock tick.
+    tick = _tick(201)
+    original = _published([*FRAME, *observations, tick])
+    restored = _published(
+        [*FRAME, *observations, _void(target, 900), _resent(target, 901), tick]
+    )
     assert _same_grades(original, restored)

@@ -13,7 +13,9 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from domain.contract import CLINICAL_EVENT_ADAPTER
+from domain.contract import CLINICAL_EVENT_ADAPTER, RejectionError
+from domain.validation import validate_message
+from services import simulator
 from services.simulator import (
     MALFORMED_KINDS,
     CohortSpec,
@@ -62,6 +64,56 @@ def _at(value: str) -> datetime:
     return datetime.fromisoformat(value)
 
 
+def _study_day(events: list[tuple[SimulatedMessage, dict[str, Any]]], event: dict[str, Any]) -> int:
+    """Day of ``event`` with the infusion on day 0."""
+    (infusion,) = [
+        e
+        for e in _of_type(events, "infusion.administered")
+        if e["participant_id"] == event["participant_id"]
+    ]
+    return (_at(event["occurred_at"]).date() - _at(infusion["occurred_at"]).date()).days
+
+
+def _encounters(
+    events: list[tuple[SimulatedMessage, dict[str, Any]]], participant_id: str, kind: str
+) -> list[dict[str, Any]]:
+    return [
+        e
+        for e in _of_type(events, "encounter.changed")
+        if e["participant_id"] == participant_id and e["data"]["kind"] == kind
+    ]
+
+
+def _crs_reports(events: list[tuple[SimulatedMessage, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """CRS adverse event reports, in the order they were reported."""
+    reports = [
+        e
+        for e in _of_type(events, "adverse_event.reported")
+        if e["data"]["term"] == "Cytokine release syndrome"
+    ]
+    return sorted(reports, key=lambda e: _at(e["reported_at"]))
+
+
+def _first_with_crs_grade(
+    events: list[tuple[SimulatedMessage, dict[str, Any]]], grades: set[int]
+) -> str:
+    who: list[str] = [
+        e["participant_id"] for e in _crs_reports(events) if e["data"]["grade"] in grades
+    ]
+    return min(who)
+
+
+def _adjudication_of(
+    events: list[tuple[SimulatedMessage, dict[str, Any]]], target_kind: str
+) -> dict[str, Any]:
+    (adjudication,) = [
+        e
+        for e in _of_type(events, "adjudication.recorded")
+        if e["data"]["target"]["kind"] == target_kind
+    ]
+    return adjudication
+
+
 # -- determinism and size
 
 
@@ -102,6 +154,15 @@ def test_every_valid_message_passes_the_contract(
         assert parsed.occurred_at <= parsed.reported_at <= message.deliver_at
         assert event["source"]["system"] and event["source"]["reference"]
         assert event["occurred_at"].endswith("+08:00")
+
+
+def test_every_valid_message_passes_the_workers_validation(
+    cohort: list[SimulatedMessage],
+) -> None:
+    for message in cohort:
+        if message.kind == "valid":
+            result = validate_message(message.value, now=message.deliver_at)
+            assert not isinstance(result, RejectionError), (result, message.value[:200])
 
 
 def test_event_ids_are_unique_across_valid_and_malformed_messages(
@@ -259,6 +320,176 @@ def test_corrections_and_voids_target_earlier_events_of_the_same_participant(
         if amendment["type"] == "record.corrected":
             assert set(data["data"]) == set(target["data"])
             assert data["data"] != target["data"]
+
+
+# -- stories: investigator reports and committee decisions
+
+LICATS = "Local immune effector cell-associated toxicity syndrome"
+
+
+def test_a_licats_flare_readmits_a_lupus_participant_inside_the_dlt_window(
+    events: list[tuple[SimulatedMessage, dict[str, Any]]],
+) -> None:
+    # reference §6: LICATS grade 3 = hospitalisation; §7 rule 6: grade >= 3 LICATS is a DLT
+    reports = [e for e in _of_type(events, "adverse_event.reported") if e["data"]["term"] == LICATS]
+    first, update = sorted(reports, key=lambda e: _at(e["reported_at"]))
+    who = first["participant_id"]
+    (enrolment,) = [
+        e for e in _of_type(events, "participant.enrolled") if e["participant_id"] == who
+    ]
+    assert enrolment["data"]["disease"] == "SLE"
+    assert all(e["data"]["grade"] <= 2 for e in _crs_reports(events) if e["participant_id"] == who)
+    assert first["data"] == {
+        "ae_id": first["data"]["ae_id"],
+        "term": LICATS,
+        "grading_scale": "LICATS-2025",
+        "grade": 3,
+        "serious": True,
+        "seriousness": ["hospitalization"],
+        "relatedness": "probable",
+        "relatedness_lymphodepletion": "unlikely",
+        "expected": True,
+        "onset_at": first["occurred_at"],
+        "outcome": "recovering",
+    }
+    onset = _at(first["data"]["onset_at"])
+    assert timedelta(hours=1) <= _at(first["reported_at"]) - onset <= timedelta(hours=8)
+    (planned_discharge,) = [
+        e for e in _encounters(events, who, "discharge") if e["data"]["planned"]
+    ]
+    assert _at(planned_discharge["occurred_at"]) < onset
+    assert 14 < _study_day(events, first) <= 28
+    (admission,) = [e for e in _encounters(events, who, "admission") if not e["data"]["planned"]]
+    assert _at(admission["occurred_at"]) == onset
+    assert update["participant_id"] == who
+    assert update["data"] == first["data"] | {
+        "resolved_at": update["data"]["resolved_at"],
+        "outcome": "recovered",
+    }
+    (discharge,) = [e for e in _encounters(events, who, "discharge") if not e["data"]["planned"]]
+    home = _at(discharge["occurred_at"])
+    assert onset < _at(update["data"]["resolved_at"]) < home < _at(update["reported_at"])
+    assert timedelta(days=5) <= home - onset <= timedelta(days=7)
+
+
+def test_a_late_unexpected_serious_ae_is_a_susar_after_the_dlt_window(
+    events: list[tuple[SimulatedMessage, dict[str, Any]]],
+) -> None:
+    # reference §10: serious, at least possibly related and unexpected = SUSAR
+    (report,) = [
+        e for e in _of_type(events, "adverse_event.reported") if e["data"]["term"] == "Parkinsonism"
+    ]
+    data, who = report["data"], report["participant_id"]
+    assert (data["grading_scale"], data["grade"]) == ("CTCAE-5.0", 3)
+    assert data["serious"] is True and data["seriousness"] == ["hospitalization"]
+    assert (data["relatedness"], data["expected"]) == ("possible", False)
+    assert "resolved_at" not in data
+    assert _study_day(events, report) == 44
+    assert (_at(report["reported_at"]).date() - _at(data["onset_at"]).date()).days == 1
+    licats = [e for e in _of_type(events, "adverse_event.reported") if e["data"]["term"] == LICATS]
+    assert who not in {e["participant_id"] for e in licats}
+    (admission,) = [e for e in _encounters(events, who, "admission") if not e["data"]["planned"]]
+    assert _at(data["onset_at"]) < _at(admission["occurred_at"]) < _at(report["reported_at"])
+
+
+def test_the_committee_confirms_a_serious_crs_reported_during_the_planned_stay(
+    events: list[tuple[SimulatedMessage, dict[str, Any]]],
+) -> None:
+    adjudication = _adjudication_of(events, "event")
+    who = adjudication["participant_id"]
+    serious = [
+        e for e in _crs_reports(events) if e["participant_id"] == who and e["data"]["serious"]
+    ]
+    target = serious[0]
+    assert adjudication["data"]["target"] == {"kind": "event", "id": target["event_id"]}
+    assert (target["data"]["grade"], target["data"]["seriousness"]) == (3, ["hospitalization"])
+    (admission,) = [e for e in _encounters(events, who, "admission") if e["data"]["planned"]]
+    (discharge,) = [e for e in _encounters(events, who, "discharge") if e["data"]["planned"]]
+    assert (
+        _at(admission["occurred_at"])
+        <= _at(target["data"]["onset_at"])
+        < _at(discharge["occurred_at"])
+    )
+    assert any(e["participant_id"] == who for e in _of_type(events, "vasopressor.changed"))
+    since_report = _at(adjudication["occurred_at"]) - _at(target["reported_at"])
+    assert timedelta(hours=40) <= since_report <= timedelta(hours=56)
+    assert adjudication["data"] == {
+        "target": {"kind": "event", "id": target["event_id"]},
+        "decision": "confirm",
+        "reason": "Stay prolonged by grade 3 CRS requiring vasopressors",
+        "adjudicator": "SRC",
+    }
+
+
+def test_the_committee_regrades_the_first_grade_2_crs_episode_to_grade_1(
+    events: list[tuple[SimulatedMessage, dict[str, Any]]],
+) -> None:
+    adjudication = _adjudication_of(events, "crs_episode")
+    who = adjudication["participant_id"]
+    assert who == _first_with_crs_grade(events, {2})
+    assert adjudication["data"] == {
+        "target": {"kind": "crs_episode", "id": "1"},
+        "decision": "regrade",
+        "grade": 1,
+        "reason": "Hypotension/hypoxia reading was a charting artefact; "
+        "repeat measurement normal within 10 min",
+        "adjudicator": "SRC",
+    }
+    (ended,) = [
+        _at(e["data"]["resolved_at"])
+        for e in _crs_reports(events)
+        if e["participant_id"] == who and "resolved_at" in e["data"]
+    ]
+    since_end = _at(adjudication["occurred_at"]) - ended
+    assert timedelta(hours=64) <= since_end <= timedelta(hours=80)
+
+
+def test_the_committee_rejects_the_iechs_screen_of_the_first_crs_of_grade_2_or_more(
+    events: list[tuple[SimulatedMessage, dict[str, Any]]],
+) -> None:
+    adjudication = _adjudication_of(events, "iechs_screen")
+    who = adjudication["participant_id"]
+    assert who == _first_with_crs_grade(events, {2, 3, 4})
+    assert adjudication["data"] == {
+        "target": {"kind": "iechs_screen", "id": "iechs:1"},
+        "decision": "reject",
+        "reason": "Ferritin rise explained by CRS; no new cytopenia, coagulopathy or "
+        "hepatic dysfunction",
+        "adjudicator": "SRC",
+    }
+    onset = _at(next(e for e in _crs_reports(events) if e["participant_id"] == who)["occurred_at"])
+    since_onset = _at(adjudication["occurred_at"]) - onset
+    assert timedelta(hours=40) <= since_onset <= timedelta(hours=56)
+
+
+def test_committee_decisions_arrive_through_the_edc(
+    events: list[tuple[SimulatedMessage, dict[str, Any]]],
+) -> None:
+    adjudications = _of_type(events, "adjudication.recorded")
+    assert len(adjudications) == 3
+    assert all(e["source"]["system"] == "edc" for e in adjudications)
+    assert all(e["data"]["adjudicator"] == "SRC" for e in adjudications)
+
+
+def test_stories_change_no_other_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = CohortSpec(participants=9, follow_up_days=56)
+    with_stories = {(m.value, m.deliver_at) for m in simulate_cohort(spec)}
+    monkeypatch.setattr(simulator, "_with_stories", lambda plans: plans)
+    without = {(m.value, m.deliver_at) for m in simulate_cohort(spec)}
+    added = [json.loads(value) for value, _ in with_stories - without]
+    assert without < with_stories
+    assert {e["type"] for e in added} == {
+        "adverse_event.reported",
+        "adjudication.recorded",
+        "encounter.changed",
+    }
+
+
+def test_stories_after_the_follow_up_are_left_out() -> None:
+    messages = [json.loads(m.value) for m in simulate_cohort(SMALL) if m.kind == "valid"]
+    terms = {e["data"]["term"] for e in messages if e["type"] == "adverse_event.reported"}
+    assert LICATS in terms
+    assert "Parkinsonism" not in terms
 
 
 # -- ticks
