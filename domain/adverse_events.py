@@ -66,7 +66,7 @@ TERM_SYNONYMS: Final[tuple[frozenset[str], ...]] = (
 )
 #: Rule 6 of the DLT template (reference §7): IEC-HS, LICATS, autoimmune flare.
 _SPECIAL_NAMES: Final = frozenset(TERM_SYNONYMS[2] | TERM_SYNONYMS[3])
-_FLARE: Final = re.compile(r"\bflare\b")
+_FLARE: Final = re.compile(r"\bflares?\b")
 
 
 def normal_name(text: str) -> str:

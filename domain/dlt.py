@@ -547,10 +547,12 @@ def _death_drafts(
         )
         if same is not None:
             found = merged[same]
+            evidence = found.evidence
+            if death.event_id not in evidence:
+                evidence = (*evidence, death.event_id)
+            # The death report's own relatedness is the investigator's latest word on it.
             merged[same] = replace(
-                found,
-                evidence=(*found.evidence, death.event_id),
-                relatedness=found.relatedness or death.related,
+                found, evidence=evidence, relatedness=death.related or found.relatedness
             )
             continue
         outcome = _Outcome("confirmed", "death (grade 5)", death.at, (death.event_id,))

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import lru_cache
-from typing import Any, ClassVar, cast
+from typing import Any, ClassVar, TypeVar, cast
 from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.domain import Aggregate
@@ -52,27 +52,37 @@ from domain.contract import (
     VitalsRecorded,
 )
 from domain.crs import CRS_INPUT_TYPES, CRSDerivation, CRSEpisode, derive_crs
-from domain.ctcae import FEVER_TERM, derive_toxicities, lab_baselines
+from domain.ctcae import FEVER_TERM, CTCAEVersion, derive_toxicities, lab_baselines
 from domain.ctcae import TERMS as CTCAE_TERMS
-from domain.dlt import Category, Death, GradeStep, Overturn, TermCourse, evaluate_dlt
-from domain.gates import check_pre_infusion
+from domain.dlt import (
+    Category,
+    Death,
+    DLTEvaluation,
+    GradeStep,
+    Overturn,
+    TermCourse,
+    evaluate_dlt,
+)
+from domain.gates import Deviation, check_pre_infusion
 from domain.icaht import ICAHTDerivation, derive_icaht
 from domain.icans import ICANS_INPUT_TYPES, ICANSDerivation, ICANSEpisode, derive_icans
-from domain.protocol import ProtocolParameters, study_day
+from domain.protocol import DLTParameters, ProtocolParameters, study_day
 from domain.sae import (
     DeathGrade,
     DeathGrading,
     ReceivedEvent,
+    SAEClock,
     SAEReminder,
     death_grade5,
     next_reminder_at,
     sae_clocks,
     sae_reminders,
 )
-from domain.screens import FEVER_C, FN_TERM, febrile_neutropenia, iechs_screen
+from domain.screens import FEVER_C, FN_TERM, FNEpisode, febrile_neutropenia, iechs_screen
 from domain.timeline import AdjudicationQuestion, TimelineEntry
 
 NAMESPACE = uuid5(NAMESPACE_URL, "https://toxwatch.example/ns")
+T = TypeVar("T")
 
 
 @lru_cache(maxsize=65536)
@@ -429,6 +439,21 @@ class Participant(Aggregate):
             self._derive(event, systems, latest_before)
         return True
 
+    def _versions(self, section: Callable[[ProtocolParameters], T]) -> list[tuple[Owns, T]]:
+        """Each distinct value of a protocol ``section`` with the clinical times it
+        governs: a version is in force after the clinical time (the horizon) at which
+        it was applied, until the next one (architecture decision 3)."""
+        schedule = self.parameter_schedule
+        result: list[tuple[Owns, T]] = []
+        for index, (since, parameters) in enumerate(schedule):
+            until = schedule[index + 1][0] if index + 1 < len(schedule) else None
+            value = section(parameters)
+            if result and result[-1][1] == value:
+                result[-1] = (result[-1][0].extended(until), value)
+            else:
+                result.append((Owns(since, until), value))
+        return result
+
     # ------------------------------------------------------------------ state
 
     def apply_recorded(self, wire: dict[str, Any], received_at: datetime) -> None:
@@ -556,16 +581,28 @@ class Participant(Aggregate):
             known = known_until(*ICANS_INPUT_TYPES)
             found.extend(self._derive_icans(timeline, context, infusion_at, as_of, known))
         if "ICAHT" in systems:
-            icaht = derive_icaht(
-                timeline,
-                parameters.icaht,
-                infusion_at=infusion_at,
-                day_zero_is_infusion_day=parameters.day_zero_is_infusion_day,
-                as_of=as_of,
-            )
             known = known_until("subject:anc")
+            derived = [
+                (
+                    owns,
+                    in_force,
+                    derive_icaht(
+                        timeline,
+                        in_force.icaht,
+                        infusion_at=infusion_at,
+                        day_zero_is_infusion_day=in_force.day_zero_is_infusion_day,
+                        as_of=as_of,
+                    ),
+                )
+                for owns, in_force in self._versions(lambda p: p)
+            ]
             for phase in ("early", "late"):
-                points = _icaht_points(icaht, phase, timeline, parameters, infusion_at)
+                points = _splice(
+                    [
+                        (owns, _icaht_points(icaht, phase, timeline, in_force, infusion_at))
+                        for owns, in_force, icaht in derived
+                    ]
+                )
                 self._publish_grades(f"ICAHT {phase}", self.ICAHTGraded, points, context, known)
         if "CTCAE" in systems:
             subject = _ctcae_subject(cause.data) if cause.type not in _FRAME_TYPES else None
@@ -633,7 +670,6 @@ class Participant(Aggregate):
     ) -> None:
         """CTCAE terms from labs and temperatures (reference §3). A term depends only
         on its own analyte's results, so one new result re-derives only its terms."""
-        version = self.parameters.ctcae_version
         # Treatment starts with lymphodepletion (or, if none is recorded, the infusion):
         # results before it are baseline, not toxicity (reference §3 [parameter]).
         start = next(
@@ -641,6 +677,37 @@ class Participant(Aggregate):
             context.infusion_at,
         )
         entries = [e for e in timeline if (s := _ctcae_subject(e.data)) and subject in (None, s)]
+        deaths = self._death_grades(timeline).grades
+        versions = [
+            (owns, self._ctcae_points(entries, version, start, deaths, context))
+            for owns, version in self._versions(lambda p: p.ctcae_version)
+        ]
+        by_term = {
+            term: _splice([(owns, points.get(term, [])) for owns, points in versions])
+            for term in sorted({t for _, points in versions for t in points})
+        }
+        if subject is None:
+            terms = set(by_term) | {t for t in self.published if t in _CTCAE_TERM_NAMES}
+        elif subject == "temperature":
+            terms = set(by_term) | {FEVER_TERM}
+        else:
+            named = {
+                CTCAE_TERMS[v].get(subject) for _, v in self._versions(lambda p: p.ctcae_version)
+            }
+            terms = set(by_term) | {t for t in named if t}
+        for term in sorted(terms):
+            self._publish_grades(
+                term, self.ToxicityGraded, by_term.get(term, []), context, known_until
+            )
+
+    def _ctcae_points(
+        self,
+        entries: list[TimelineEntry],
+        version: CTCAEVersion,
+        start: datetime | None,
+        deaths: Sequence[DeathGrade],
+        context: _Context,
+    ) -> dict[str, list[_GradePoint]]:
         changes = (
             derive_toxicities(entries, version=version, lymphodepletion_at=start)
             if start is not None
@@ -659,22 +726,12 @@ class Participant(Aggregate):
             }
             point = _GradePoint(change.at, 0, change.grade, change.caused_by, data)
             by_term.setdefault(change.term, []).append(point)
-        for death in self._death_grades(timeline).grades:
+        for death in deaths:
             if death.term in _CTCAE_TERM_NAMES:
                 point = _fatal_point(death, f"CTCAE-{version}", context)
                 by_term.setdefault(death.term, []).append(point)
                 by_term[death.term].sort(key=lambda p: p.at)
-        if subject is None:
-            terms = set(by_term) | {t for t in self.published if t in _CTCAE_TERM_NAMES}
-        elif subject == "temperature":
-            terms = set(by_term) | {FEVER_TERM}
-        else:
-            term = CTCAE_TERMS[version].get(subject)
-            terms = set(by_term) | ({term} if term else set())
-        for term in sorted(terms):
-            self._publish_grades(
-                term, self.ToxicityGraded, by_term.get(term, []), context, known_until
-            )
+        return by_term
 
     def _investigator_terms(self, timeline: list[TimelineEntry]) -> dict[str, list[ReportedAE]]:
         """Reported AEs of terms the engine does not grade itself, by reported term."""
@@ -749,8 +806,15 @@ class Participant(Aggregate):
         self, timeline: list[TimelineEntry], context: _Context
     ) -> tuple[AdjudicationQuestion, ...]:
         """Pre-infusion gates and eligibility (reference §7)."""
-        check = check_pre_infusion(timeline, self.parameters.pre_infusion)
-        for deviation in check.deviations:
+        found: list[AdjudicationQuestion] = []
+        for owns, pre_infusion in self._versions(lambda p: p.pre_infusion):
+            check = check_pre_infusion(timeline, pre_infusion)
+            found.extend(q for q in check.questions if owns(q.at))
+            self._publish_deviations([d for d in check.deviations if owns(d.at)], context)
+        return tuple(found)
+
+    def _publish_deviations(self, deviations: Sequence[Deviation], context: _Context) -> None:
+        for deviation in deviations:
             key = f"deviation:{deviation.rule}:{deviation.at.isoformat()}"
             if key not in self.published_keys:
                 self._emit(
@@ -760,7 +824,6 @@ class Participant(Aggregate):
                     list(deviation.caused_by),
                     {"key": key, "rule": deviation.rule, "detail": deviation.detail},
                 )
-        return check.questions
 
     def _derive_sae(
         self, timeline: list[TimelineEntry], context: _Context, as_of: datetime
@@ -777,9 +840,26 @@ class Participant(Aggregate):
             for target, decision in event_decisions(timeline).items()
             if target in ae_of_event
         }
-        reporting = self.parameters.reporting
-        derivation = sae_clocks(received, reporting, decisions)
-        for clock in derivation.clocks:
+        found: list[AdjudicationQuestion] = []
+        wakes: list[datetime] = []
+        for owns, reporting in self._versions(lambda p: p.reporting):
+            derivation = sae_clocks(received, reporting, decisions)
+            clocks = [c for c in derivation.clocks if owns(c.awareness_at)]
+            self._publish_clocks(clocks, reporting.reminder_hours_before, context, as_of)
+            found.extend(q for q in derivation.questions if owns(q.at))
+            wake = next_reminder_at(clocks, reporting.reminder_hours_before, as_of)
+            wakes.extend([wake] if wake is not None else [])
+        self._next_wakes["SAE"] = min(wakes, default=None)
+        return tuple(found)
+
+    def _publish_clocks(
+        self,
+        clocks: Sequence[SAEClock],
+        reminder_hours_before: Sequence[float],
+        context: _Context,
+        as_of: datetime,
+    ) -> None:
+        for clock in clocks:
             key = f"sae:{clock.ae_id}:{clock.obligation}"
             if key not in self.published_keys:
                 self._emit(
@@ -799,7 +879,7 @@ class Participant(Aggregate):
         # after some of its reminder times, or ticks that skipped ahead) is superseded by
         # the latest reminder due for the same clock.
         due: dict[tuple[str, str], SAEReminder] = {}
-        for reminder in sae_reminders(derivation.clocks, reporting.reminder_hours_before, as_of):
+        for reminder in sae_reminders(clocks, reminder_hours_before, as_of):
             due[(reminder.ae_id, reminder.obligation)] = reminder
         for reminder in due.values():
             hours = reminder.hours_before
@@ -817,10 +897,6 @@ class Participant(Aggregate):
                     "overdue": hours == 0,
                 },
             )
-        self._next_wakes["SAE"] = next_reminder_at(
-            derivation.clocks, reporting.reminder_hours_before, as_of
-        )
-        return derivation.questions
 
     def _derive_febrile_neutropenia(
         self,
@@ -831,29 +907,19 @@ class Participant(Aggregate):
     ) -> None:
         """Febrile neutropenia (CTCAE, reference §3) as a toxicity term."""
         parameters = self.parameters
-        version = parameters.ctcae_version
-        episodes = febrile_neutropenia(
-            timeline,
-            infusion_at=context.infusion_at,
-            version=version,
-            params=parameters.febrile_neutropenia,
-            as_of=as_of,
-        )
-        points: list[_GradePoint] = []
-        for episode in episodes:
-            data = {
-                "term": episode.term,
-                "grade": episode.grade,
-                "criteria": episode.criteria,
-                "value": episode.anc_10e9_l,
-                "unit": "10*9/L",
-                "basis": {"rule": episode.basis, "temperature_c": episode.temperature_c},
-                "study_day": context.study_day(episode.at),
-            }
-            points.append(_GradePoint(episode.at, 0, episode.grade, episode.caused_by, data))
-            if episode.resolved_at is not None:
-                resolved = data | {"grade": 0, "study_day": context.study_day(episode.resolved_at)}
-                points.append(_GradePoint(episode.resolved_at, 0, 0, episode.caused_by, resolved))
+        spliced = []
+        for owns, (version, fn_params) in self._versions(
+            lambda p: (p.ctcae_version, p.febrile_neutropenia)
+        ):
+            episodes = febrile_neutropenia(
+                timeline,
+                infusion_at=context.infusion_at,
+                version=version,
+                params=fn_params,
+                as_of=as_of,
+            )
+            spliced.append((owns, _fn_points(episodes, context)))
+        points = _splice(spliced)
         self._publish_grades(FN_TERM, self.ToxicityGraded, points, context, known_until)
         # An open episode resolves a day after its fever ended: time alone can change it.
         afebrile_since: datetime | None = None
@@ -877,8 +943,6 @@ class Participant(Aggregate):
     ) -> None:
         """The IEC-HS screen (reference §5): a prompt for the investigator, once per
         CRS episode."""
-        parameters = self.parameters
-        version = parameters.ctcae_version
         episodes = self._published_episodes("CRS")
         if not episodes:
             return
@@ -886,13 +950,20 @@ class Participant(Aggregate):
         baseline = lab_baselines([e for e in timeline if e.type == "lab.resulted"], start).get(
             "ferritin"
         )
-        screens = iechs_screen(
-            timeline,
-            crs_episodes=episodes,
-            baseline_ferritin=baseline,
-            params=parameters.iechs,
-            version=version,
-        )
+        screens = [
+            screen
+            for owns, (iechs_params, version) in self._versions(
+                lambda p: (p.iechs, p.ctcae_version)
+            )
+            for screen in iechs_screen(
+                timeline,
+                crs_episodes=episodes,
+                baseline_ferritin=baseline,
+                params=iechs_params,
+                version=version,
+            )
+            if owns(screen.at)
+        ]
         for screen in screens:
             key = f"iechs:{screen.crs_episode}"
             if key not in self.published_keys:
@@ -913,12 +984,30 @@ class Participant(Aggregate):
         self, timeline: list[TimelineEntry], context: _Context, as_of: datetime
     ) -> tuple[AdjudicationQuestion, ...]:
         """DLT window and rules (reference §7) over the grades published so far."""
-        parameters = self.parameters
-        evaluation = evaluate_dlt(
-            self._dlt_courses(timeline),
-            params=parameters.dlt,
+        courses = self._dlt_courses(timeline)
+        evaluations = [
+            (owns, self._evaluate_dlt(courses, timeline, context, as_of, dlt, day_zero))
+            for owns, (dlt, day_zero) in self._versions(
+                lambda p: (p.dlt, p.day_zero_is_infusion_day)
+            )
+        ]
+        evaluation = _combined(evaluations, context.infusion_at)
+        return self._publish_dlt(evaluation, context)
+
+    def _evaluate_dlt(
+        self,
+        courses: list[TermCourse],
+        timeline: list[TimelineEntry],
+        context: _Context,
+        as_of: datetime,
+        params: DLTParameters,
+        day_zero_is_infusion_day: bool,
+    ) -> DLTEvaluation:
+        return evaluate_dlt(
+            courses,
+            params=params,
             infusion_at=context.infusion_at,
-            day_zero_is_infusion_day=parameters.day_zero_is_infusion_day,
+            day_zero_is_infusion_day=day_zero_is_infusion_day,
             withdrawn_at=next((e.at for e in timeline if e.type == "participant.withdrawn"), None),
             deaths=[
                 Death(e.at, _cause_term(e.data.cause, self.published), e.data.related, e.event_id)
@@ -938,6 +1027,10 @@ class Participant(Aggregate):
             ],
             as_of=as_of,
         )
+
+    def _publish_dlt(
+        self, evaluation: DLTEvaluation, context: _Context
+    ) -> tuple[AdjudicationQuestion, ...]:
         self._next_wakes["DLT"] = evaluation.next_wake_at
         window = evaluation.window
         if window is not None:
@@ -1020,6 +1113,10 @@ class Participant(Aggregate):
                 GradeStep(at, grade, self.evidence.get((term, at), ())) for at, _, grade in points
             )
             reports = [ae for ae in aes if same_term(ae.latest.term, term)]
+            if category == "nonhematologic" and any(
+                is_special_term(ae.latest.term, ae.latest.grading_scale) for ae in reports
+            ):
+                category = "special"  # e.g. "Nephritis" reported on the LICATS scale
             stated = [attributions[i] for ae in reports for i in ae.event_ids if i in attributions]
             courses.append(
                 TermCourse(
@@ -1068,8 +1165,11 @@ class Participant(Aggregate):
         known_until: datetime | None,
     ) -> tuple[AdjudicationQuestion, ...]:
         parameters = self.parameters
-        icans = derive_icans(timeline, parameters.icans, infusion_at=infusion_at, as_of=as_of)
-        points, decided = _adjudicated(_icans_points(icans, context), timeline, "icans_episode")
+        spliced = []
+        for owns, icans_params in self._versions(lambda p: p.icans):
+            icans = derive_icans(timeline, icans_params, infusion_at=infusion_at, as_of=as_of)
+            spliced.append((owns, _icans_points(icans, context)))
+        points, decided = _adjudicated(_splice(spliced), timeline, "icans_episode")
         self._publish_grades("ICANS", self.ICANSGraded, points, context, known_until)
         self._publish_episodes(
             "ICANS",
@@ -1154,7 +1254,10 @@ class Participant(Aggregate):
         previous_pair: tuple[int, int] | None = None
         for at in sorted(old_instants | new_instants):
             pair = (_grade_from(old, at), _grade_from(new, at))
-            past = late and known_until is not None and at < known_until
+            # A committee decision is about the past: every moment it changes is revised.
+            past = late and (
+                context.because == "adjudication" or (known_until is not None and at < known_until)
+            )
             # A published change point at this moment carries its own (now wrong) grade.
             changed = pair != previous_pair or at in old_instants
             if pair[0] != pair[1] and changed and (past or at not in new_instants):
@@ -1369,6 +1472,97 @@ class _GradePoint:
     grade: int
     caused_by: tuple[str, ...]
     data: dict[str, Any]
+
+
+def _fn_points(episodes: Sequence[FNEpisode], context: _Context) -> list[_GradePoint]:
+    points: list[_GradePoint] = []
+    for episode in episodes:
+        data = {
+            "term": episode.term,
+            "grade": episode.grade,
+            "criteria": episode.criteria,
+            "value": episode.anc_10e9_l,
+            "unit": "10*9/L",
+            "basis": {"rule": episode.basis, "temperature_c": episode.temperature_c},
+            "study_day": context.study_day(episode.at),
+        }
+        points.append(_GradePoint(episode.at, 0, episode.grade, episode.caused_by, data))
+        if episode.resolved_at is not None:
+            resolved = data | {"grade": 0, "study_day": context.study_day(episode.resolved_at)}
+            points.append(_GradePoint(episode.resolved_at, 0, 0, episode.caused_by, resolved))
+    return points
+
+
+def _combined(
+    evaluations: Sequence[tuple[Owns, DLTEvaluation]], infusion_at: datetime | None
+) -> DLTEvaluation:
+    """One DLT evaluation from those under each protocol version: the window of the
+    version in force at infusion; each candidate, referral, question and the closure
+    from the version in force at its clinical time."""
+    if len(evaluations) == 1:
+        return evaluations[0][1]
+    window = next(
+        (e.window for owns, e in evaluations if infusion_at is not None and owns(infusion_at)),
+        None,
+    )
+    closed = next(
+        (e.closed for owns, e in evaluations if e.closed is not None and owns(e.closed.at)), None
+    )
+    wakes = [e.next_wake_at for _, e in evaluations if e.next_wake_at is not None]
+    return DLTEvaluation(
+        window,
+        tuple(c for owns, e in evaluations for c in e.candidates if owns(c.met_at)),
+        closed,
+        tuple(r for owns, e in evaluations for r in e.referrals if owns(r.at)),
+        tuple(q for owns, e in evaluations for q in e.questions if owns(q.at)),
+        min(wakes, default=None),
+    )
+
+
+@dataclass(frozen=True)
+class Owns:
+    """The clinical times a protocol version governs: after ``since``, up to and
+    including ``until`` (None: unbounded)."""
+
+    since: datetime | None
+    until: datetime | None
+
+    def __call__(self, at: datetime) -> bool:
+        return (self.since is None or at > self.since) and (self.until is None or at <= self.until)
+
+    def extended(self, until: datetime | None) -> Owns:
+        return Owns(self.since, until)
+
+
+#: A version takes over just after the clinical time it was applied at.
+_TAKEOVER = timedelta(microseconds=1)
+
+
+def _splice(versions: Sequence[tuple[Owns, list[_GradePoint]]]) -> list[_GradePoint]:
+    """One grade course from the courses derived under each protocol version: each
+    version's change points in the times it governs; where a version takes over with a
+    different grade in force than the one before it, a change point just after the
+    takeover (so a new CTCAE version re-grades an ongoing toxicity from then on)."""
+    if len(versions) == 1:
+        return versions[0][1]
+    result: list[_GradePoint] = []
+    for owns, points in versions:
+        if owns.since is not None:
+            carried = [p for p in points if p.at <= owns.since][-1:]
+            current = result[-1:]
+            new = (carried[0].grade, carried[0].episode) if carried else (0, 0)
+            old = (current[0].grade, current[0].episode) if current else (0, 0)
+            if new != old:
+                source = (carried or current)[0]
+                at = owns.since + _TAKEOVER
+                data = source.data | {"grade": new[0]}
+                result.append(_GradePoint(at, new[1], new[0], source.caused_by, data))
+        for point in points:
+            if owns(point.at) and not (
+                result and (result[-1].grade, result[-1].episode) == (point.grade, point.episode)
+            ):
+                result.append(point)
+    return result
 
 
 def _episode_from(points: list[_Published], at: datetime) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from domain.icaht import ICAHTParameters
 from domain.icans import ICANSParameters
@@ -177,6 +177,53 @@ class FixedPauseRules(_Section):
     suspend_when_pending_fraction_over: float = Field(default=0.5, ge=0, le=1)
 
 
+AlertSeverity = Literal["critical", "high", "medium", "info"]
+AlertChannel = Literal["kafka", "webhook", "email", "live_feed"]
+
+
+class AlertRoute(_Section):
+    """Where alerts of one severity go, who must acknowledge them and when they
+    escalate (architecture decision 8; used by the alerts projection)."""
+
+    severity: AlertSeverity
+    channels: tuple[AlertChannel, ...]
+    notify: tuple[str, ...] = Field(description="roles notified, e.g. safety_monitor")
+    acknowledge_within_minutes: float | None = Field(
+        default=None, gt=0, description="unacknowledged after this long: escalate"
+    )
+    escalate_to: tuple[str, ...] = ()
+
+
+class AlertRouting(_Section):
+    """[parameter] alert routing (template values; the protocol's safety plan decides)."""
+
+    routes: tuple[AlertRoute, ...] = (
+        AlertRoute(
+            severity="critical",
+            channels=("kafka", "webhook", "email", "live_feed"),
+            notify=("safety_monitor", "medical_monitor"),
+            acknowledge_within_minutes=15.0,
+            escalate_to=("principal_investigator", "src_chair"),
+        ),
+        AlertRoute(
+            severity="high",
+            channels=("kafka", "webhook", "live_feed"),
+            notify=("safety_monitor",),
+            acknowledge_within_minutes=60.0,
+            escalate_to=("medical_monitor",),
+        ),
+        AlertRoute(severity="medium", channels=("kafka", "live_feed"), notify=("safety_monitor",)),
+        AlertRoute(severity="info", channels=("kafka",), notify=()),
+    )
+
+    @model_validator(mode="after")
+    def check_one_route_per_severity(self) -> AlertRouting:
+        severities = [route.severity for route in self.routes]
+        if len(set(severities)) != len(severities):
+            raise ValueError("alert routing: more than one route for a severity")
+        return self
+
+
 class DoseLevel(_Section):
     id: str
     cells_per_kg: float = Field(gt=0)
@@ -219,3 +266,4 @@ class ProtocolParameters(BaseModel):
         Annotated[BayesianStoppingRule | PocockStoppingRule, Field(discriminator="kind")], ...
     ] = ()
     pause_rules: FixedPauseRules = FixedPauseRules()
+    alert_routing: AlertRouting = AlertRouting()

@@ -43,6 +43,7 @@ FEED_TYPES = frozenset(
         "iechs.screen_positive",
         "protocol.deviation",
         "sae.clock_started",
+        "sae.reminder_due",
         "dlt.candidate",
         "dlt.confirmed",
         "dlt.ruled_out",
@@ -305,6 +306,12 @@ def _describe(event: dict[str, Any]) -> str:
         return (
             f"{when}  {who}  [red]SAE clock[/red] {data['obligation']} for {data['ae_id']}, "
             f"due {str(data['deadline_at'])[:16]}"
+        )
+    if kind == "sae.reminder_due":
+        due = str(data["deadline_at"])[:16].replace("T", " ")
+        state = "[bold red]OVERDUE[/bold red]" if data["overdue"] else "[red]due soon[/red]"
+        return (
+            f"{when}  {who}  SAE report {state}: {data['obligation']} for {data['ae_id']} at {due}"
         )
     if kind == "toxicity.graded":
         grade = int(data["grade"])

@@ -79,3 +79,33 @@ def test_a_protocol_for_another_trial_cannot_be_activated():
     log = TrialLog("NCT07049081")
     with pytest.raises(ProtocolMismatch):
         log.activate_protocol(other, activated_by="x", reason="y", at=NOW)
+
+
+def test_a_new_ctcae_version_grades_from_its_activation_on_and_leaves_the_past():
+    # Reference §0.2 / §3: neutrophil count 0.3 x 10^9/L is grade 4 under CTCAE 5.0
+    # (< 0.5) but grade 3 under 6.0 (grade 4 is < 0.1). The protocol moves to 6.0
+    # after the day-3 result: that result stays grade 4 for the moments before the
+    # activation (no revision), and from the activation on the same count is grade 3.
+    app = in_memory_application()
+    start = [
+        message(0, "participant.enrolled", day(-7, 8), disease="SLE", dose_level="DL1"),
+        message(1, "lymphodepletion.administered", day(-5, 8), agent="fludarabine"),
+        message(2, "infusion.administered", day(0, 8), dose_level="DL1", cells_per_kg=1e6),
+        message(3, "lab.resulted", day(3, 6), analyte="anc", value=0.3, unit="10*9/L"),
+    ]
+    first = app.apply_batch(start, now=NOW)
+    term = "Neutrophil count decreased"
+    graded = [e for e in first.derived if e.type == "toxicity.graded" and e.data["term"] == term]
+    assert [(e.data["grade"], e.data["criteria"]) for e in graded] == [(4, "CTCAE-5.0")]
+
+    v6 = ProtocolParameters(version="3", ctcae_version="6.0")
+    app.activate_protocol(v6, activated_by="sponsor", reason="amendment 3: CTCAE 6.0", at=NOW)
+    later = [message(4, "lab.resulted", day(4, 6), analyte="anc", value=0.3, unit="10*9/L")]
+    outcome = app.apply_batch(later, now=NOW)
+    graded = [e for e in outcome.derived if e.type == "toxicity.graded"]
+    neutrophils = [e for e in graded if e.data["term"] == term]
+    assert [(e.data["grade"], e.data["previous_grade"]) for e in neutrophils] == [(3, 4)]
+    assert neutrophils[0].data["criteria"] == "CTCAE-6.0"
+    # In force just after the clinical time reached when it was activated (day 3, 06:00).
+    assert day(3, 6) < neutrophils[0].effective_at < day(3, 7)
+    assert not [e for e in outcome.derived if e.type == "grade.revised"]
