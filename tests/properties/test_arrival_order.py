@@ -187,7 +187,5 @@ def test_voiding_an_event_and_resending_it_restores_the_derived_grades(specs, pi
     # a day without fever), so each ends with the same clock tick.
     tick = _tick(201)
     original = _published([*FRAME, *observations, tick])
-    restored = _published(
-        [*FRAME, *observations, _void(target, 900), _resent(target, 901), tick]
-    )
+    restored = _published([*FRAME, *observations, _void(target, 900), _resent(target, 901), tick])
     assert _same_grades(original, restored)
