@@ -153,6 +153,7 @@ class BayesianStoppingRule(_Section):
     prior_a: float = Field(default=1.0, gt=0)
     prior_b: float = Field(default=1.0, gt=0)
     min_evaluable: int = Field(default=3, ge=1)
+    max_n: int = Field(default=42, ge=1, description="monitoring up to this many evaluable")
 
 
 class PocockStoppingRule(_Section):

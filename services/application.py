@@ -27,6 +27,7 @@ from domain.contract import TRIAL_LEVEL_PARTICIPANT, ClinicalEvent, RejectionErr
 from domain.participant import Participant, SafetyEventRecorded, participant_aggregate_id
 from domain.protocol import ProtocolParameters
 from domain.records import IngestLedger, PartitionRoster, TrialLog
+from domain.trial import Trial
 from domain.validation import ValidationLimits, validate_message
 from infra.store import TRACKINGS, kafka_tracking, partition_tracking_name
 
@@ -36,7 +37,8 @@ A = TypeVar("A", bound=Aggregate)
 #: Stored-event topics of the derived safety events (what the relay publishes).
 SAFETY_EVENT_TOPICS = tuple(
     f"{cls.__module__}:{cls.__qualname__}"
-    for cls in vars(Participant).values()
+    for owner in (Participant, Trial)
+    for cls in vars(owner).values()
     if isinstance(cls, type) and issubclass(cls, SafetyEventRecorded)
 )
 REJECTION_TOPIC = (

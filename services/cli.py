@@ -19,7 +19,9 @@ from infra.settings import Settings
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 protocol_app = typer.Typer(no_args_is_help=True, help="Versioned protocol files.")
 bench_app = typer.Typer(no_args_is_help=True, help="Throughput against a same-run baseline.")
+rules_app = typer.Typer(no_args_is_help=True, help="Dose-finding designs and stopping rules.")
 app.add_typer(bench_app, name="bench")
+app.add_typer(rules_app, name="rules")
 app.add_typer(protocol_app, name="protocol")
 
 
@@ -151,6 +153,78 @@ def relay() -> None:
         pass
     finally:
         producer.close()
+
+
+@app.command()
+def monitor() -> None:
+    """Run the trial monitor: dose decisions and stopping rules from the store's log."""
+    from services.bootstrap import build_application
+    from services.monitor import TrialMonitor
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with contextlib.suppress(KeyboardInterrupt):
+        TrialMonitor(build_application(_settings())).follow(stop)
+
+
+@rules_app.command("boundaries")
+def rules_boundaries(
+    protocol: Annotated[
+        Path | None, typer.Option(help="Protocol TOML: every configured rule's table.")
+    ] = None,
+    design: Annotated[
+        str | None, typer.Option(help="Without a protocol: boin, 3+3, bayesian or pocock.")
+    ] = None,
+    target: Annotated[float, typer.Option(help="BOIN target DLT rate.")] = 0.30,
+    elimination_cutoff: Annotated[float, typer.Option(help="BOIN elimination cutoff.")] = 0.95,
+    max_n: Annotated[int, typer.Option(help="Tables for n = 1..max_n.")] = 18,
+    p0: Annotated[float, typer.Option(help="Bayesian: unacceptable DLT rate.")] = 0.30,
+    cutoff: Annotated[float, typer.Option(help="Bayesian: posterior probability cutoff.")] = 0.90,
+    prior_a: float = 1.0,
+    prior_b: float = 1.0,
+    min_n: Annotated[int, typer.Option(help="Bayesian: first n monitored.")] = 3,
+    theta0: Annotated[float, typer.Option(help="Pocock: DLT rate under H0.")] = 0.20,
+    alpha: Annotated[float, typer.Option(help="Pocock: overall stopping probability.")] = 0.10,
+) -> None:
+    """Print each rule's full decision table as CSV (n and thresholds)."""
+    from domain.protocol import BayesianStoppingRule, BOINDesign, PocockStoppingRule
+    from services.bootstrap import load_protocol
+    from services.rules import (
+        bayesian_rows,
+        boin_rows,
+        pocock_rows,
+        protocol_tables,
+        three_plus_three_rows,
+        write_tables,
+    )
+
+    if protocol is not None:
+        write_tables(protocol_tables(load_protocol(protocol), max_n), sys.stdout)
+        return
+    chosen = (design or "").lower()
+    if chosen == "boin":
+        table = boin_rows(BOINDesign(target=target, elimination_cutoff=elimination_cutoff), max_n)
+    elif chosen == "3+3":
+        table = three_plus_three_rows()
+    elif chosen == "bayesian":
+        rule = BayesianStoppingRule(
+            rule_id="bayesian",
+            p0=p0,
+            cutoff=cutoff,
+            prior_a=prior_a,
+            prior_b=prior_b,
+            min_evaluable=min_n,
+            max_n=max_n,
+        )
+        table = bayesian_rows(rule)
+    elif chosen == "pocock":
+        table = pocock_rows(
+            PocockStoppingRule(rule_id="pocock", theta0=theta0, alpha=alpha, max_n=max_n)
+        )
+    else:
+        typer.echo("give --protocol FILE or --design boin|3+3|bayesian|pocock", err=True)
+        raise typer.Exit(2)
+    write_tables(iter([table]), sys.stdout)
 
 
 @app.command()

@@ -48,8 +48,15 @@ FEED_TYPES = frozenset(
         "dlt.confirmed",
         "dlt.ruled_out",
         "dlt.window_closed",
+        "dose.decision",
+        "mtd.estimated",
+        "stopping_rule.triggered",
+        "enrollment.paused",
+        "enrollment.resumed",
     }
 )
+#: The trial's protocol file, used when no other is configured.
+TRIAL_PROTOCOL = Path(__file__).resolve().parents[1] / "protocols" / "lucar-g79.toml"
 _COLOUR = {0: "dim", 1: "cyan", 2: "yellow", 3: "red", 4: "bold red", 5: "bold red"}
 
 
@@ -97,21 +104,28 @@ def run_demo(settings: Settings, options: DemoOptions) -> int:
         ensure_topics(servers, settings.topics, settings.partitions)
         metrics_port = options.metrics_port or free_port()
         relay_port = free_port()
+        protocol_file = settings.protocol_file
+        if protocol_file is None and TRIAL_PROTOCOL.exists():
+            protocol_file = TRIAL_PROTOCOL
         env = os.environ | {
             "KAFKA_BOOTSTRAP_SERVERS": servers,
             "TOXWATCH_DATA_DIR": str(run_dir),
             "TOXWATCH_STORE": "sqlite",
             "TOXWATCH_PARTITIONS": str(settings.partitions),
         }
+        if protocol_file is not None:
+            env["TOXWATCH_PROTOCOL_FILE"] = str(protocol_file)
         # Create the store's tables once, before the processes that share it start.
         build_application(settings.model_copy(update={"data_dir": run_dir, "store": "sqlite"}))
         children.append(
             _spawn("worker", env | {"TOXWATCH_METRICS_PORT": str(metrics_port)}, run_dir)
         )
         children.append(_spawn("relay", env | {"TOXWATCH_METRICS_PORT": str(relay_port)}, run_dir))
+        children.append(_spawn("monitor", env, run_dir))
         console.rule("[bold]ToxWatch demo: LUCAR-G79 (NCT07049081), simulated cohort")
         console.print(f"broker      {servers}" + (" (embedded tansu)" if broker else ""))
         console.print(f"event store {run_dir / 'toxwatch.sqlite3'}")
+        console.print(f"protocol    {protocol_file or 'built-in template values'}")
         console.print(
             f"metrics     http://127.0.0.1:{metrics_port}/metrics (worker), "
             f"http://127.0.0.1:{relay_port}/metrics (relay)"
@@ -261,6 +275,42 @@ def _worth_showing(event: dict[str, Any]) -> bool:
     return max(int(data["grade"]), int(data["previous_grade"])) >= 3
 
 
+_TRIAL_TYPES = frozenset(
+    {
+        "dose.decision",
+        "mtd.estimated",
+        "stopping_rule.triggered",
+        "enrollment.paused",
+        "enrollment.resumed",
+    }
+)
+
+
+def _describe_trial(kind: str, data: dict[str, Any]) -> str:
+    revised = " (revised)" if data.get("revises") else ""
+    if kind == "dose.decision":
+        colour = {"escalate": "green", "stay": "cyan", "de_escalate": "yellow"}.get(
+            data["decision"], "bold red"
+        )
+        return (
+            f"{data['design']} at {data['dose_level']}: [{colour}]{data['decision']}"
+            f"[/{colour}] ({data['y']} DLT of {data['n']} evaluable){revised}"
+        )
+    if kind == "mtd.estimated":
+        return f"MTD estimate: {data['dose_level'] or 'none'} ({data['reason']}){revised}"
+    if kind == "stopping_rule.triggered":
+        return (
+            f"[bold red]stopping rule {data['rule_id']}[/bold red] ({data['scope']}): "
+            f"{data['y']} of {data['n']}, boundary {data['boundary']}{revised}"
+        )
+    verb = (
+        "[bold red]enrolment paused[/bold red]"
+        if kind == "enrollment.paused"
+        else ("[green]enrolment resumed[/green]")
+    )
+    return f"{verb} by {data['by']}: {data['reason']}"
+
+
 def _describe(event: dict[str, Any]) -> str:
     data = event["data"]
     who = f"{event['participant_id']} {event.get('dose_level') or '?'}"
@@ -307,6 +357,8 @@ def _describe(event: dict[str, Any]) -> str:
             f"{when}  {who}  [red]SAE clock[/red] {data['obligation']} for {data['ae_id']}, "
             f"due {str(data['deadline_at'])[:16]}"
         )
+    if kind in _TRIAL_TYPES:
+        return f"{when}  [bold]trial[/bold]  {_describe_trial(kind, data)}"
     if kind == "sae.reminder_due":
         due = str(data["deadline_at"])[:16].replace("T", " ")
         state = "[bold red]OVERDUE[/bold red]" if data["overdue"] else "[red]due soon[/red]"

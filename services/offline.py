@@ -64,6 +64,11 @@ def process_lines(
             flush()
     if batch:
         flush()
+    from services.monitor import TrialMonitor
+
+    # One pass over the whole log: the trial events are then the same whatever the
+    # batching of the participants' (the monitor evaluates once, on every fact).
+    TrialMonitor(app, batch_size=1_000_000_000).run_until_idle()
     for event in app.iter_safety_events():
         out.write(json.dumps(event.to_wire(), separators=(",", ":"), sort_keys=True) + "\n")
     return summary

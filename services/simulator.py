@@ -28,6 +28,18 @@ Five stories, each given to the first participant of the plan that fits it
 - ``src_rejects_iechs``: the committee rejects the IEC-HS screen of a grade >= 2 CRS.
 
 Adjudications are recorded in the EDC like other investigator data (section 9).
+
+``CohortSpec.dlt_heavy_dose`` names a dose level at which every participant has a DLT
+inside the 28-day window (section 7), so that a dose-finding design sees y = n there:
+
+- ``dlt_crs_grade_4``: the first participant at that dose has grade 4 CRS from day 2-4,
+  norepinephrine and phenylephrine running together (section 1, rule 2 of section 7),
+  with an ICU stay; seven days after its onset the safety review committee decides, in a
+  trial-level ``committee.decided``, to resume enrolment at lower dose levels;
+- ``dlt_licats``: every other participant there has a LICATS grade 3 flare (rule 6) from
+  day 8-14, told as ``licats_flare`` but earlier: its unplanned admission falls inside
+  the protocol-mandated stay (to day 15 or later). One who already has ``licats_flare``
+  keeps it and has no second flare.
 """
 
 from __future__ import annotations
@@ -85,7 +97,11 @@ class SimulatedMessage:
 
 @dataclass(frozen=True)
 class CohortSpec:
-    """What to simulate. ``start`` is the first enrolment and must carry a UTC offset."""
+    """What to simulate. ``start`` is the first enrolment and must carry a UTC offset.
+
+    ``dlt_heavy_dose``: a dose level (``DOSE_LEVELS``) at which every participant has a
+    DLT (module docstring); None leaves the cohort as drawn.
+    """
 
     seed: int = 79
     participants: int = 42
@@ -94,6 +110,7 @@ class CohortSpec:
     follow_up_days: int = 90
     malformed: bool = True
     tick_every: timedelta | None = timedelta(hours=1)
+    dlt_heavy_dose: str | None = None
 
 
 # ---------------------------------------------------------------- public API
@@ -104,12 +121,20 @@ def simulate_cohort(spec: CohortSpec = CohortSpec()) -> list[SimulatedMessage]:
     _check_spec(spec)
     rng = random.Random(spec.seed)
     tag = f"{rng.getrandbits(32):08x}"
-    plans = _with_stories(_plan_cohort(spec, rng))
+    plans = _plan_cohort(spec, rng)
+    if spec.dlt_heavy_dose is not None:
+        plans = _with_dlt_heavy_dose(plans, spec.dlt_heavy_dose, spec.seed)
+    plans = _with_stories(plans)
     messages: list[SimulatedMessage] = []
     for plan in plans:
-        events = _Course(plan, spec, tag).build()
+        course = _Course(plan, spec, tag)
+        events = course.build()
         horizon = _midnight(plan.infusion_at) + timedelta(days=spec.follow_up_days + 1)
         messages.extend(_message(spec.trial_id, plan, e) for e in _before(events, horizon))
+        if "dlt_crs_grade_4" in plan.stories and course.crs_onset is not None:
+            decision = _src_resumes_enrolment(spec, tag, plan.dose_level, course.crs_onset)
+            if decision.deliver_at < horizon:
+                messages.append(decision)
     if spec.malformed:
         for index in sorted({0, len(plans) // 2, len(plans) - 1}):
             plan = plans[index]
@@ -256,6 +281,8 @@ def _check_spec(spec: CohortSpec) -> None:
         raise ValueError("start must carry a UTC offset")
     if spec.tick_every is not None and spec.tick_every <= timedelta(0):
         raise ValueError("tick_every must be positive")
+    if spec.dlt_heavy_dose is not None and spec.dlt_heavy_dose not in DOSE_LEVELS:
+        raise ValueError(f"dlt_heavy_dose must be one of {', '.join(DOSE_LEVELS)}")
 
 
 def _plan_cohort(spec: CohortSpec, rng: random.Random) -> list[_Plan]:
@@ -378,8 +405,46 @@ def _with_stories(plans: list[_Plan]) -> list[_Plan]:
     chosen["late_susar"] = first(lambda p: True, besides=chosen.values())
     return [
         replace(
-            plan, stories=frozenset(s for s, who in chosen.items() if who == plan.participant_id)
+            plan,
+            stories=plan.stories
+            | frozenset(s for s, who in chosen.items() if who == plan.participant_id),
         )
+        for plan in plans
+    ]
+
+
+#: Study days on which the grade 4 CRS of ``dlt_crs_grade_4`` starts, and the LICATS
+#: flare of ``dlt_licats`` (median onset day 10, reference section 6).
+_DLT_CRS_ONSET_DAYS = (2, 4)
+_DLT_LICATS_DAYS = (8, 14)
+#: The committee meets on the seventh day after the grade 4 CRS onset, at this hour.
+_SRC_DAYS_AFTER_ONSET = 7
+_SRC_MEETING_HOUR = 16
+
+
+def _with_dlt_heavy_dose(plans: list[_Plan], dose_level: str, seed: int) -> list[_Plan]:
+    """Give every participant at ``dose_level`` a DLT story (module docstring).
+
+    The first by enrolment has grade 4 CRS whatever grade was drawn; its onset day comes
+    from a generator of its own, so the cohort's draws are unchanged.
+    """
+    at_dose = [plan for plan in plans if plan.dose_level == dose_level]
+    if not at_dose:
+        return plans
+    first = at_dose[0].participant_id
+    onset_day = random.Random(f"{seed}:dlt:{dose_level}").randint(*_DLT_CRS_ONSET_DAYS)
+    return [
+        replace(
+            plan,
+            crs_grade=4,
+            crs_path="multiple_vasopressors",
+            crs_onset_day=onset_day,
+            stories=plan.stories | {"dlt_crs_grade_4"},
+        )
+        if plan.participant_id == first
+        else replace(plan, stories=plan.stories | {"dlt_licats"})
+        if plan.dose_level == dose_level
+        else plan
         for plan in plans
     ]
 
@@ -427,7 +492,7 @@ _DISEASE_PROFILES = {
 _TEMPERATURE_ROUTE = {"CN-001": "tympanic", "CN-002": "oral", "CN-003": "axillary"}
 _ICE_STYLE = {"CN-001": "score", "CN-002": "items", "CN-003": "both"}
 _FULL_ICE = {"orientation": 4, "naming": 3, "commands": 1, "writing": 1, "attention": 1}
-_FEVER_PEAK = {1: (38.3, 39.3), 2: (38.6, 39.8), 3: (39.0, 40.3)}
+_FEVER_PEAK = {1: (38.3, 39.3), 2: (38.6, 39.8), 3: (39.0, 40.3), 4: (39.4, 40.6)}
 _VITAL_HOURS = (2, 6, 10, 14, 18, 22)
 _ICE_HOURS = (9, 21)
 
@@ -509,6 +574,7 @@ _INFLAMMATION = {
     1: {"crp": (25, 80), "ferritin": (150, 800), "il6": (15, 80), "alt": (0.2, 0.7)},
     2: {"crp": (70, 160), "ferritin": (500, 2000), "il6": (60, 400), "alt": (0.6, 1.5)},
     3: {"crp": (140, 260), "ferritin": (1500, 5000), "il6": (300, 2000), "alt": (1.2, 2.6)},
+    4: {"crp": (220, 340), "ferritin": (4000, 12000), "il6": (1500, 8000), "alt": (2.0, 4.0)},
 }
 
 
@@ -775,6 +841,12 @@ class _Course:
     def dexamethasone(self, at: datetime) -> None:
         self.medication(at, "dexamethasone", "corticosteroid", 10, "mg", "IV")
 
+    def vasopressor(self, drug: str, at: datetime, action: str, dose: float | None) -> None:
+        data: dict[str, Any] = {"drug": drug, "action": action}
+        if dose is not None:
+            data |= {"dose": dose, "dose_unit": "ug/kg/min"}
+        self.bedside("vasopressor.changed", at, data, "infusion-pump")
+
     def icu(self, kind: str, at: datetime) -> None:
         self.edc("encounter.changed", at, {"kind": kind, "planned": False}, "ICU")
 
@@ -812,6 +884,7 @@ class _Course:
             "hypoxia": self._hypoxia_low_flow,
             "vasopressor": self._hypotension_vasopressor,
             "high_flow": self._hypoxia_high_flow,
+            "multiple_vasopressors": self._hypotension_two_vasopressors,
         }[plan.crs_path]
         support_end, grade_3_at = route(escalation, late)
         self._crs_finished(onset, max(fever_end, support_end), plan.crs_grade, grade_3_at)
@@ -884,10 +957,7 @@ class _Course:
             )
 
         def norepinephrine(when: datetime, action: str, dose: float | None) -> None:
-            data: dict[str, Any] = {"drug": "norepinephrine", "action": action}
-            if dose is not None:
-                data |= {"dose": dose, "dose_unit": "ug/kg/min"}
-            self.bedside("vasopressor.changed", when, data, "infusion-pump")
+            self.vasopressor("norepinephrine", when, action, dose)
 
         norepinephrine(start, "start", rng.choice((0.05, 0.06, 0.08)))
         norepinephrine(start + self.hours(2, 4), "rate_change", rng.choice((0.1, 0.12, 0.15)))
@@ -901,6 +971,57 @@ class _Course:
             check += timedelta(hours=2)
         self.extra_vitals(stop + timedelta(minutes=60))
         self.icu("icu_discharge", stop + self.hours(12, 24))
+        return settled, start
+
+    def _hypotension_two_vasopressors(self, at: datetime, late: bool) -> tuple[datetime, datetime]:
+        """Grade 4 hypotension (reference section 1): phenylephrine added to norepinephrine,
+        both running for hours, then weaned one after the other, with an ICU stay."""
+        rng = self.rng
+        start = at + timedelta(hours=2)
+        added = start + self.hours(1, 3)
+        added_stop = added + self.hours(6, 10)
+        stop = added_stop + self.hours(8, 16)
+        settled = stop + self.hours(6, 10)
+        self.pressors.append((start, stop))
+        self.soft_bp.append((at, start))
+        self.soft_bp.append((stop, settled))
+        for offset, late_bolus in ((0, late), (70, False)):
+            self.extra_vitals(
+                at + timedelta(minutes=offset),
+                systolic_bp_mmhg=rng.randint(72, 84),
+                diastolic_bp_mmhg=rng.randint(38, 48),
+                heart_rate_bpm=rng.randint(122, 140),
+            )
+            self.bedside(
+                "fluid.bolus",
+                at + timedelta(minutes=offset + 10),
+                {"volume_ml": 1000 if offset == 0 else 500, "indication": "hypotension"},
+                "fluid-chart",
+                late=late_bolus,
+            )
+        self.vasopressor("norepinephrine", start, "start", rng.choice((0.08, 0.1, 0.12)))
+        self.icu("icu_admission", start + timedelta(minutes=15))
+        for k in range(4):
+            self.dexamethasone(start + timedelta(hours=6 * k, minutes=30))
+        self.vasopressor("norepinephrine", added - timedelta(minutes=40), "rate_change", 0.25)
+        self.extra_vitals(
+            added - timedelta(minutes=10),
+            systolic_bp_mmhg=rng.randint(74, 84),
+            diastolic_bp_mmhg=rng.randint(38, 46),
+            heart_rate_bpm=rng.randint(124, 142),
+        )
+        self.vasopressor("phenylephrine", added, "start", rng.choice((0.5, 0.75, 1.0)))
+        self.vasopressor("phenylephrine", added_stop - self.hours(2, 3), "rate_change", 0.25)
+        self.vasopressor("phenylephrine", added_stop, "stop", None)
+        self.vasopressor("norepinephrine", added_stop + self.hours(1, 2), "rate_change", 0.1)
+        self.vasopressor("norepinephrine", stop - self.hours(3, 5), "rate_change", 0.04)
+        self.vasopressor("norepinephrine", stop, "stop", None)
+        check = start + timedelta(hours=1)
+        while check < stop:
+            self.extra_vitals(check)
+            check += timedelta(hours=1 if added <= check < added_stop else 2)
+        self.extra_vitals(stop + timedelta(minutes=60))
+        self.icu("icu_discharge", stop + self.hours(18, 30))
         return settled, start
 
     def _hypoxia_high_flow(self, at: datetime, late: bool) -> tuple[datetime, datetime]:
@@ -950,15 +1071,21 @@ class _Course:
     def _crs_finished(
         self, onset: datetime, end: datetime, grade: int, grade_3_at: datetime | None
     ) -> None:
-        """Report the CRS adverse event: a serious one within 24 h, then its follow-up."""
+        """Report the CRS adverse event: a serious one within 24 h, then its follow-up.
+        Grade 4 is life-threatening (ICH E2A)."""
         self.crs_end = end
         ae_id, term = self.next_ae_id(), "Cytokine release syndrome"
+        how: dict[str, Any] = (
+            {"seriousness": ["life_threatening"], "relatedness": "definite"} if grade >= 4 else {}
+        )
         if grade_3_at is not None:
             reported = grade_3_at + self.hours(2, 20)
-            event_id = self._adverse_event(ae_id, term, grade, onset, None, reported, serious=True)
+            event_id = self._adverse_event(
+                ae_id, term, grade, onset, None, reported, serious=True, **how
+            )
             self.serious_crs_report = (event_id, reported)
         report = end + self.hours(24, 72)
-        self._adverse_event(ae_id, term, grade, onset, end, report, serious=grade >= 3)
+        self._adverse_event(ae_id, term, grade, onset, end, report, serious=grade >= 3, **how)
 
     def next_ae_id(self) -> str:
         self.ae_count += 1
@@ -974,19 +1101,23 @@ class _Course:
         reported: datetime,
         *,
         serious: bool,
+        seriousness: Sequence[str] | None = None,
         grading_scale: str = "ASTCT-2019",
         relatedness: str = "probable",
         expected: bool = True,
         outcome: str = "recovering",
     ) -> str:
-        """An investigator's report, sent at ``reported``; ``occurred_at`` is the onset."""
+        """An investigator's report, sent at ``reported``; ``occurred_at`` is the onset.
+        A serious one is serious by hospitalisation unless ``seriousness`` says otherwise."""
+        if seriousness is None:
+            seriousness = ["hospitalization"] if serious else []
         data: dict[str, Any] = {
             "ae_id": ae_id,
             "term": term,
             "grading_scale": grading_scale,
             "grade": grade,
             "serious": serious,
-            "seriousness": ["hospitalization"] if serious else [],
+            "seriousness": list(seriousness),
             "relatedness": relatedness,
             "relatedness_lymphodepletion": "unlikely",
             "expected": expected,
@@ -1394,6 +1525,8 @@ class _Course:
             )
         if "licats_flare" in stories:
             self._licats_flare()
+        elif "dlt_licats" in stories:
+            self._licats_flare(self._dlt_licats_day())
         if "late_susar" in stories:
             self._late_susar()
 
@@ -1417,13 +1550,15 @@ class _Course:
             data["grade"] = grade
         self.edc("adjudication.recorded", at, data, "ADJ")
 
-    def _licats_flare(self) -> None:
+    def _licats_flare(self, day: int | None = None) -> None:
         """A LICATS grade 3 flare (hospitalisation; reference section 6) inside the DLT
-        window: rule 6 of section 7. It starts after the protocol-mandated stay, so the
-        readmission is unplanned and the SAE clock runs."""
+        window: rule 6 of section 7. By default it starts after the protocol-mandated
+        stay, so the readmission is unplanned and the SAE clock runs; ``day`` sets the
+        study day of onset and admission."""
         rng = self.rng
-        discharged = self.discharge_at or self.at(15, 10)
-        day = (discharged - self.midnight0).days + _LICATS_DAYS_AFTER_DISCHARGE
+        if day is None:
+            discharged = self.discharge_at or self.at(15, 10)
+            day = (discharged - self.midnight0).days + _LICATS_DAYS_AFTER_DISCHARGE
         admitted = self.at(day, rng.randint(9, 20), 5 * rng.randint(0, 11))
         self.unplanned_stay("admission", admitted)
         ae_id = self.next_ae_id()
@@ -1444,6 +1579,14 @@ class _Course:
         home = self.at(day + _LICATS_STAY_DAYS, 10, 5 * rng.randint(0, 11))
         self.unplanned_stay("discharge", home)
         report(home - self.hours(6, 20), home + self.hours(2, 8))
+
+    def _dlt_licats_day(self) -> int:
+        """A day in ``_DLT_LICATS_DAYS``, after the day CRS and ICANS ended where possible."""
+        low, high = _DLT_LICATS_DAYS
+        for end in (self.crs_end, None if self.icans_window is None else self.icans_window[1]):
+            if end is not None:
+                low = max(low, (end - self.midnight0).days + 1)
+        return self.rng.randint(min(low, high), high)
 
     def _late_susar(self) -> None:
         """An unexpected, possibly related SAE after the DLT window: a SUSAR whose
@@ -1678,6 +1821,39 @@ def _ticks(
         if at >= until:
             return ticks
         at += every
+
+
+def _src_resumes_enrolment(
+    spec: CohortSpec, tag: str, dose_level: str, crs_onset: datetime
+) -> SimulatedMessage:
+    """The safety review committee's trial-level decision after reviewing the grade 4 CRS
+    at ``dose_level`` (reference section 8: committees pause and resume enrolment), in
+    the afternoon of the seventh day after its onset, entered in the EDC."""
+    rng = random.Random(f"{spec.seed}:src:{dose_level}")
+    decided = _midnight(crs_onset) + timedelta(
+        days=_SRC_DAYS_AFTER_ONSET, hours=_SRC_MEETING_HOUR, minutes=5 * rng.randint(0, 11)
+    )
+    reported = decided + timedelta(minutes=rng.randint(20, 120))
+    obj = {
+        "schema": CLINICAL_SCHEMA,
+        "event_id": f"edc-{tag}-src-{dose_level}",
+        "type": "committee.decided",
+        "trial_id": spec.trial_id,
+        "site_id": TICK_SITE,
+        "participant_id": TRIAL_LEVEL_PARTICIPANT,
+        "occurred_at": decided.isoformat(),
+        "reported_at": reported.isoformat(),
+        "source": {"system": "edc", "reference": f"SRC/{dose_level}"},
+        "recorded_by": "src-secretary",
+        "data": {
+            "committee": "src",
+            "decision": "resume_enrollment",
+            "reason": f"SRC reviewed the grade 4 CRS at {dose_level}: "
+            "resume enrolment at lower dose levels",
+        },
+    }
+    deliver_at = reported + timedelta(seconds=rng.randint(1, 20))
+    return SimulatedMessage(TRIAL_LEVEL_PARTICIPANT.encode(), _encode(obj), deliver_at, "valid")
 
 
 def _write_lines(messages: Iterable[SimulatedMessage], handle: IO[Any]) -> None:

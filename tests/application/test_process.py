@@ -44,7 +44,12 @@ def test_derived_events_follow_the_contract_envelope(tmp_path):
         summary = process_lines(lines, out)
     events = [SafetyEvent.model_validate(json.loads(line)) for line in out.getvalue().splitlines()]
     assert {e.type for e in events} >= {"crs.graded", "crs.resolved"}
-    assert all(e.dose_level in {"DL1", "DL2", "DL3"} for e in events)
+    participant_level = [e for e in events if e.participant_id != "-"]
+    assert all(e.dose_level in {"DL1", "DL2", "DL3"} for e in participant_level)
+    # The trial monitor's events are trial-level; MTD and enrolment events name no dose.
+    trial_level = [e for e in events if e.participant_id == "-"]
+    assert {e.type for e in trial_level} >= {"dose.decision", "mtd.estimated"}
+    assert all(e.dose_level in {None, "DL1", "DL2", "DL3"} for e in trial_level)
     assert len({e.event_id for e in events}) == len(events)
     assert summary.outcome.rejected == 14 * 3  # the cohort's malformed messages
 
@@ -64,5 +69,11 @@ def test_batch_size_does_not_change_what_is_derived_for_each_participant(tmp_pat
             event.pop("recorded_at")
             per_participant.setdefault(event["participant_id"], []).append(event)
         results.append(per_participant)
+    trial_level = [result.pop("-") for result in results]
     assert len(results[0]) == 4
     assert results[0] == results[1] == results[2]
+    # The trial monitor reads the log once it is complete: the same facts, the same
+    # trial events (their ids follow the log position, so compare what they say).
+    said = [[(e["type"], e["effective_at"], e["data"]) for e in events] for events in trial_level]
+    assert said[0] == said[1] == said[2]
+    assert said[0]

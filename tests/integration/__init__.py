@@ -45,9 +45,11 @@ def wait_for_count(
     return last
 
 
-def run_process_command(values: Sequence[bytes], workdir: Path, toxwatch: str) -> list[dict]:
+def run_process_command(
+    values: Sequence[bytes], workdir: Path, toxwatch: str, *, with_trial_level: bool = False
+) -> list[dict]:
     """``toxwatch process IN.jsonl`` on ``values`` (one per line, in order): its
-    derived safety events."""
+    derived safety events (the participants' only, unless ``with_trial_level``)."""
     for value in values:
         assert b"\n" not in value and b"\r" not in value, "a JSONL line cannot hold a line break"
     source = workdir / "clinical.jsonl"
@@ -56,19 +58,26 @@ def run_process_command(values: Sequence[bytes], workdir: Path, toxwatch: str) -
         [toxwatch, "process", str(source)], capture_output=True, timeout=300, check=False
     )
     assert done.returncode == 0, done.stderr.decode(errors="replace")
-    return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+    events = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+    return events if with_trial_level else participant_level(events)
+
+
+def participant_level(events: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The participants' derived events, without the trial monitor's (participant ``-``),
+    which only a running ``toxwatch monitor`` publishes."""
+    return [event for event in events if event["participant_id"] != "-"]
 
 
 def process_offline(values: Iterable[bytes], app: Any = None) -> list[dict]:
     """``services.offline.process_lines`` on ``values`` (into ``app`` if given, else a
-    fresh in-memory application): the derived safety events."""
+    fresh in-memory application): the participants' derived safety events."""
     import io
 
     from services.offline import process_lines
 
     out = io.StringIO()
     process_lines(values, out, app=app)
-    return [json.loads(line) for line in out.getvalue().splitlines()]
+    return participant_level(json.loads(line) for line in out.getvalue().splitlines())
 
 
 def participants_of(values: Iterable[bytes]) -> set[tuple[str, str]]:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import itertools
 import json
 import time
 from collections import Counter, defaultdict
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -26,6 +28,10 @@ from services.simulator import (
 )
 
 SMALL = CohortSpec(participants=6, follow_up_days=28)
+DLT_HEAVY = CohortSpec(participants=9, dlt_heavy_dose="DL3", follow_up_days=40, malformed=False)
+#: SHA-256 of the default cohort (``_digest``). Change it only for a deliberate change of
+#: the simulation, like the golden derivation; options left at their defaults keep it.
+DEFAULT_COHORT_SHA256 = "10059b01dc18ed87cc490f77ae5580e3c9f348ce8809182d011b18c609affc41"
 REQUIRED_MALFORMED_KINDS = {
     "not_json",
     "wrong_schema",
@@ -112,6 +118,13 @@ def _adjudication_of(
         if e["data"]["target"]["kind"] == target_kind
     ]
     return adjudication
+
+
+def _digest(messages: list[SimulatedMessage]) -> str:
+    digest = hashlib.sha256()
+    for m in messages:
+        digest.update(repr((m.key, m.value, m.deliver_at.isoformat(), m.kind)).encode())
+    return digest.hexdigest()
 
 
 # -- determinism and size
@@ -530,3 +543,187 @@ def test_jsonl_has_one_message_per_line(tmp_path: Any) -> None:
     text = io.StringIO()
     write_jsonl(messages[:5], text)
     assert text.getvalue().splitlines() == [m.value.decode() for m in messages[:5]]
+
+
+# -- a dose level where every participant has a DLT (reference section 7)
+
+CRS = "Cytokine release syndrome"
+
+
+@pytest.fixture(scope="module")
+def dlt_heavy() -> list[tuple[SimulatedMessage, dict[str, Any]]]:
+    return [(m, json.loads(m.value)) for m in simulate_cohort(DLT_HEAVY)]
+
+
+def _at_dose(events: list[tuple[SimulatedMessage, dict[str, Any]]], dose_level: str) -> list[str]:
+    return [
+        e["participant_id"]
+        for e in _of_type(events, "participant.enrolled")
+        if e["data"]["dose_level"] == dose_level
+    ]
+
+
+def _reports_of(
+    events: list[tuple[SimulatedMessage, dict[str, Any]]], participant_id: str, term: str
+) -> list[dict[str, Any]]:
+    """``participant_id``'s reports of ``term``, in the order they were reported."""
+    reports = [
+        e
+        for e in _of_type(events, "adverse_event.reported")
+        if e["participant_id"] == participant_id and e["data"]["term"] == term
+    ]
+    return sorted(reports, key=lambda e: _at(e["reported_at"]))
+
+
+def _vasopressor_runs(
+    events: list[tuple[SimulatedMessage, dict[str, Any]]], participant_id: str
+) -> dict[str, tuple[datetime, datetime]]:
+    changes = [
+        e for e in _of_type(events, "vasopressor.changed") if e["participant_id"] == participant_id
+    ]
+    starts = {
+        e["data"]["drug"]: _at(e["occurred_at"]) for e in changes if e["data"]["action"] == "start"
+    }
+    stops = {
+        e["data"]["drug"]: _at(e["occurred_at"]) for e in changes if e["data"]["action"] == "stop"
+    }
+    assert set(starts) == set(stops)
+    return {drug: (starts[drug], stops[drug]) for drug in starts}
+
+
+def test_the_default_cohort_is_unchanged_by_the_dlt_heavy_option(
+    cohort: list[SimulatedMessage],
+) -> None:
+    assert _digest(cohort) == DEFAULT_COHORT_SHA256
+    assert _digest(simulate_cohort(CohortSpec(dlt_heavy_dose=None))) == DEFAULT_COHORT_SHA256
+
+
+def test_a_dlt_heavy_cohort_is_deterministic_and_every_message_validates(
+    dlt_heavy: list[tuple[SimulatedMessage, dict[str, Any]]],
+) -> None:
+    assert [m for m, _ in dlt_heavy] == simulate_cohort(DLT_HEAVY)
+    for message, _ in dlt_heavy:
+        result = validate_message(message.value, now=message.deliver_at)
+        assert not isinstance(result, RejectionError), (result, message.value[:200])
+
+
+def test_the_dlt_heavy_option_changes_only_the_participants_at_that_dose(
+    dlt_heavy: list[tuple[SimulatedMessage, dict[str, Any]]],
+) -> None:
+    plain = [json.loads(m.value) for m in simulate_cohort(replace(DLT_HEAVY, dlt_heavy_dose=None))]
+    at_dose = set(_at_dose(dlt_heavy, "DL3")) | {"-"}
+    assert [e for e in plain if e["participant_id"] not in at_dose] == [
+        e for _, e in dlt_heavy if e["participant_id"] not in at_dose
+    ]
+
+
+def test_the_first_participant_at_the_dlt_heavy_dose_has_grade_4_crs_on_two_vasopressors(
+    dlt_heavy: list[tuple[SimulatedMessage, dict[str, Any]]],
+) -> None:
+    # reference section 1: two non-vasopressin vasopressors at the same time = grade 4;
+    # section 7 rule 2: grade 4 CRS is a DLT
+    assert _at_dose(dlt_heavy, "DL3") == ["G79-007", "G79-008", "G79-009"]
+    who = "G79-007"
+    first, update = _reports_of(dlt_heavy, who, CRS)
+    assert first["data"] == {
+        "ae_id": f"{who}-AE01",
+        "term": CRS,
+        "grading_scale": "ASTCT-2019",
+        "grade": 4,
+        "serious": True,
+        "seriousness": ["life_threatening"],
+        "relatedness": "definite",
+        "relatedness_lymphodepletion": "unlikely",
+        "expected": True,
+        "onset_at": first["occurred_at"],
+        "outcome": "recovering",
+    }
+    resolved = _at(update["data"]["resolved_at"])
+    assert update["data"] == first["data"] | {
+        "resolved_at": resolved.isoformat(),
+        "outcome": "recovered",
+    }
+    onset = _at(first["data"]["onset_at"])
+    assert 2 <= _study_day(dlt_heavy, first) <= 4
+    runs = _vasopressor_runs(dlt_heavy, who)
+    assert set(runs) == {"norepinephrine", "phenylephrine"}
+    together = min(end for _, end in runs.values()) - max(start for start, _ in runs.values())
+    assert together >= timedelta(hours=4)
+    assert onset < runs["phenylephrine"][0] < _at(first["reported_at"])
+    (icu_in,) = _encounters(dlt_heavy, who, "icu_admission")
+    (icu_out,) = _encounters(dlt_heavy, who, "icu_discharge")
+    assert not icu_in["data"]["planned"] and not icu_out["data"]["planned"]
+    assert _at(icu_in["occurred_at"]) < runs["phenylephrine"][0]
+    assert runs["norepinephrine"][1] < _at(icu_out["occurred_at"])
+    assert max(end for _, end in runs.values()) <= resolved <= onset + timedelta(days=4)
+
+
+def test_the_committee_resumes_enrolment_a_week_after_the_grade_4_crs(
+    dlt_heavy: list[tuple[SimulatedMessage, dict[str, Any]]],
+) -> None:
+    ((message, decision),) = [(m, e) for m, e in dlt_heavy if e["type"] == "committee.decided"]
+    assert message.key == b"-"
+    assert (decision["participant_id"], decision["site_id"]) == ("-", "CN-001")
+    assert decision["source"]["system"] == "edc"
+    assert decision["data"] == {
+        "committee": "src",
+        "decision": "resume_enrollment",
+        "reason": "SRC reviewed the grade 4 CRS at DL3: resume enrolment at lower dose levels",
+    }
+    crs, _ = _reports_of(dlt_heavy, "G79-007", CRS)
+    onset, decided = _at(crs["data"]["onset_at"]), _at(decision["occurred_at"])
+    assert decided > _at(crs["reported_at"]) > onset
+    assert (decided.date() - onset.date()).days == 7
+
+
+def test_every_other_participant_at_the_dlt_heavy_dose_has_a_licats_grade_3_flare(
+    dlt_heavy: list[tuple[SimulatedMessage, dict[str, Any]]],
+) -> None:
+    # reference section 6: LICATS grade 3 = hospitalisation; section 7 rule 6: a DLT
+    for who in ("G79-008", "G79-009"):
+        first, update = _reports_of(dlt_heavy, who, LICATS)
+        assert first["data"] == {
+            "ae_id": first["data"]["ae_id"],
+            "term": LICATS,
+            "grading_scale": "LICATS-2025",
+            "grade": 3,
+            "serious": True,
+            "seriousness": ["hospitalization"],
+            "relatedness": "probable",
+            "relatedness_lymphodepletion": "unlikely",
+            "expected": True,
+            "onset_at": first["occurred_at"],
+            "outcome": "recovering",
+        }
+        assert 8 <= _study_day(dlt_heavy, first) <= 14
+        onset = _at(first["data"]["onset_at"])
+        (admission,) = [
+            e for e in _encounters(dlt_heavy, who, "admission") if not e["data"]["planned"]
+        ]
+        (discharge,) = [
+            e for e in _encounters(dlt_heavy, who, "discharge") if not e["data"]["planned"]
+        ]
+        assert _at(admission["occurred_at"]) == onset
+        assert update["data"] == first["data"] | {
+            "resolved_at": update["data"]["resolved_at"],
+            "outcome": "recovered",
+        }
+        home = _at(discharge["occurred_at"])
+        assert onset < _at(update["data"]["resolved_at"]) < home < _at(update["reported_at"])
+    assert not _reports_of(dlt_heavy, "G79-007", LICATS)
+
+
+def test_a_participant_with_the_licats_story_at_the_dlt_heavy_dose_has_one_flare() -> None:
+    spec = CohortSpec(participants=12, dlt_heavy_dose="DL1", follow_up_days=28, malformed=False)
+    events = [(m, json.loads(m.value)) for m in simulate_cohort(spec)]
+    first, *others = _at_dose(events, "DL1")
+    assert _reports_of(events, first, CRS)[0]["data"]["grade"] == 4
+    for who in others:
+        reports = _reports_of(events, who, LICATS)
+        assert len(reports) == 2 and len({e["data"]["ae_id"] for e in reports}) == 1
+    assert any(_study_day(events, _reports_of(events, who, LICATS)[0]) > 14 for who in others)
+
+
+def test_an_unknown_dlt_heavy_dose_is_refused() -> None:
+    with pytest.raises(ValueError, match="dlt_heavy_dose"):
+        simulate_cohort(CohortSpec(participants=3, dlt_heavy_dose="DL4"))
