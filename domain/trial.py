@@ -205,7 +205,7 @@ class _Sweep:
             )
         for rule, why in problems:
             self.find(
-                f"deviation:{rule}:{fact.key}",
+                f"trial-deviation:{rule}:{fact.key}",
                 "protocol.deviation",
                 fact,
                 {"rule": rule, "detail": f"infusion at {fact.dose_level} while {why}"},

@@ -50,7 +50,7 @@ def create_faust_app(
         consumer_auto_offset_reset="earliest",
         broker_session_timeout=6.0,
         broker_heartbeat_interval=1.0,
-        broker_max_poll_interval=10.0,
+        broker_max_poll_interval=300.0,
         broker_rebalance_timeout=10.0,
         broker_commit_every=settings.batch_max_messages,
         broker_commit_interval=0.5,

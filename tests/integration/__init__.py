@@ -46,7 +46,12 @@ def wait_for_count(
 
 
 def run_process_command(
-    values: Sequence[bytes], workdir: Path, toxwatch: str, *, with_trial_level: bool = False
+    values: Sequence[bytes],
+    workdir: Path,
+    toxwatch: str,
+    *,
+    with_trial_level: bool = False,
+    args: Sequence[str] = (),
 ) -> list[dict]:
     """``toxwatch process IN.jsonl`` on ``values`` (one per line, in order): its
     derived safety events (the participants' only, unless ``with_trial_level``)."""
@@ -55,7 +60,7 @@ def run_process_command(
     source = workdir / "clinical.jsonl"
     source.write_bytes(b"".join(value + b"\n" for value in values))
     done = subprocess.run(
-        [toxwatch, "process", str(source)], capture_output=True, timeout=300, check=False
+        [toxwatch, "process", str(source), *args], capture_output=True, timeout=300, check=False
     )
     assert done.returncode == 0, done.stderr.decode(errors="replace")
     events = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
