@@ -933,20 +933,23 @@ class _Course:
         self.extra_vitals(off + timedelta(minutes=60))
         return off, None
 
-    def _hypotension_vasopressor(self, at: datetime, late: bool) -> tuple[datetime, datetime]:
+    def _fluids_for_hypotension(
+        self,
+        at: datetime,
+        late: bool,
+        *,
+        sbp: tuple[int, int],
+        dbp: tuple[int, int],
+        hr: tuple[int, int],
+    ) -> None:
+        """Two hypotensive readings, each followed by a bolus (1000 then 500 mL)."""
         rng = self.rng
-        start = at + timedelta(hours=2)
-        stop = start + self.hours(10, 40)
-        settled = stop + self.hours(6, 10)
-        self.pressors.append((start, stop))
-        self.soft_bp.append((at, start))
-        self.soft_bp.append((stop, settled))
         for offset, late_bolus in ((0, late), (70, False)):
             self.extra_vitals(
                 at + timedelta(minutes=offset),
-                systolic_bp_mmhg=rng.randint(76, 86),
-                diastolic_bp_mmhg=rng.randint(40, 50),
-                heart_rate_bpm=rng.randint(118, 135),
+                systolic_bp_mmhg=rng.randint(*sbp),
+                diastolic_bp_mmhg=rng.randint(*dbp),
+                heart_rate_bpm=rng.randint(*hr),
             )
             self.bedside(
                 "fluid.bolus",
@@ -955,6 +958,16 @@ class _Course:
                 "fluid-chart",
                 late=late_bolus,
             )
+
+    def _hypotension_vasopressor(self, at: datetime, late: bool) -> tuple[datetime, datetime]:
+        rng = self.rng
+        start = at + timedelta(hours=2)
+        stop = start + self.hours(10, 40)
+        settled = stop + self.hours(6, 10)
+        self.pressors.append((start, stop))
+        self.soft_bp.append((at, start))
+        self.soft_bp.append((stop, settled))
+        self._fluids_for_hypotension(at, late, sbp=(76, 86), dbp=(40, 50), hr=(118, 135))
 
         def norepinephrine(when: datetime, action: str, dose: float | None) -> None:
             self.vasopressor("norepinephrine", when, action, dose)
@@ -985,20 +998,7 @@ class _Course:
         self.pressors.append((start, stop))
         self.soft_bp.append((at, start))
         self.soft_bp.append((stop, settled))
-        for offset, late_bolus in ((0, late), (70, False)):
-            self.extra_vitals(
-                at + timedelta(minutes=offset),
-                systolic_bp_mmhg=rng.randint(72, 84),
-                diastolic_bp_mmhg=rng.randint(38, 48),
-                heart_rate_bpm=rng.randint(122, 140),
-            )
-            self.bedside(
-                "fluid.bolus",
-                at + timedelta(minutes=offset + 10),
-                {"volume_ml": 1000 if offset == 0 else 500, "indication": "hypotension"},
-                "fluid-chart",
-                late=late_bolus,
-            )
+        self._fluids_for_hypotension(at, late, sbp=(72, 84), dbp=(38, 48), hr=(122, 140))
         self.vasopressor("norepinephrine", start, "start", rng.choice((0.08, 0.1, 0.12)))
         self.icu("icu_admission", start + timedelta(minutes=15))
         for k in range(4):
