@@ -220,16 +220,17 @@ class BoundaryRow:
     statistic_at_boundary: float | None
 
 
+def bayesian_boundary(n: int, *, p0: float, cutoff: float, a: float, b: float) -> int | None:
+    """The smallest y with P(p > p0 | y, n) > cutoff (None: no y of n stops)."""
+    return next((y for y in range(n + 1) if exceed_probability(y, n, p0, a, b) > cutoff), None)
+
+
 def bayesian_table(
     *, p0: float, cutoff: float, a: float, b: float, min_n: int, max_n: int
 ) -> tuple[BoundaryRow, ...]:
     rows = []
     for n in range(1, max_n + 1):
-        stop = None
-        if n >= min_n:
-            stop = next(
-                (y for y in range(n + 1) if exceed_probability(y, n, p0, a, b) > cutoff), None
-            )
+        stop = bayesian_boundary(n, p0=p0, cutoff=cutoff, a=a, b=b) if n >= min_n else None
         statistic = exceed_probability(stop, n, p0, a, b) if stop is not None else None
         rows.append(BoundaryRow(n, stop, statistic))
     return tuple(rows)

@@ -733,21 +733,17 @@ class Participant(Aggregate):
                 by_term[death.term].sort(key=lambda p: p.at)
         return by_term
 
-    def _investigator_terms(self, timeline: list[TimelineEntry]) -> dict[str, list[ReportedAE]]:
-        """Reported AEs of terms the engine does not grade itself, by reported term."""
-        terms: dict[str, list[ReportedAE]] = {}
-        for ae in reported_aes(timeline):
-            if _engine_term(ae.latest.term) is None:
-                first = next((t for t in terms if same_term(t, ae.latest.term)), ae.latest.term)
-                terms.setdefault(first, []).append(ae)
-        return terms
-
-    def _death_grades(self, timeline: list[TimelineEntry]) -> DeathGrading:
-        """Grade 5 of the graded term each ``death.reported`` names (CTCAE, ASTCT)."""
+    def _death_grades(
+        self, timeline: list[TimelineEntry], own: dict[str, list[ReportedAE]] | None = None
+    ) -> DeathGrading:
+        """Grade 5 of the graded term each ``death.reported`` names (CTCAE, ASTCT);
+        ``own``: the investigator terms, if the caller has them."""
         deaths = [e for e in timeline if isinstance(e.data, DeathReported)]
         if not deaths:
             return DeathGrading((), ())
-        terms = [*self.published, *self._investigator_terms(timeline), "CRS", "ICANS"]
+        if own is None:
+            own = _investigator_terms(reported_aes(timeline))
+        terms = [*self.published, *own, "CRS", "ICANS"]
         return death_grade5(deaths, [t for t in terms if not t.startswith("ICAHT")])
 
     def _derive_reported(
@@ -757,16 +753,18 @@ class Participant(Aggregate):
         not grade are published as the investigator grades them; for terms it does, a
         resolved AE whose grade differs from the derived one raises a question."""
         questions: list[AdjudicationQuestion] = []
-        for ae in reported_aes(timeline):
+        reported = reported_aes(timeline)
+        own = _investigator_terms(reported)
+        for ae in reported:
             engine = _engine_term(ae.latest.term)
             if engine is not None:
                 steps = [(at, grade) for at, _, grade in self.published.get(engine, ())]
                 question = grade_discrepancy(ae, engine, steps)
                 if question is not None:
                     questions.append(question)
-        deaths = self._death_grades(timeline)
+        deaths = self._death_grades(timeline, own)
         questions.extend(deaths.questions)
-        for term, aes in sorted(self._investigator_terms(timeline).items()):
+        for term, aes in sorted(own.items()):
             latest = aes[-1].latest
             points = [
                 _GradePoint(
@@ -1403,6 +1401,16 @@ def _dlt_category(term: str) -> Category:
 #: The terms the engine grades from clinical data (an investigator's report of one of
 #: them adds relatedness, not a second course).
 _ENGINE_TERMS = ("CRS", "ICANS", FN_TERM, *sorted(_CTCAE_TERM_NAMES))
+
+
+def _investigator_terms(aes: Sequence[ReportedAE]) -> dict[str, list[ReportedAE]]:
+    """Reported AEs of terms the engine does not grade itself, by reported term."""
+    terms: dict[str, list[ReportedAE]] = {}
+    for ae in aes:
+        if _engine_term(ae.latest.term) is None:
+            first = next((t for t in terms if same_term(t, ae.latest.term)), ae.latest.term)
+            terms.setdefault(first, []).append(ae)
+    return terms
 
 
 def _engine_term(term: str) -> str | None:

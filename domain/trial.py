@@ -40,7 +40,7 @@ from uuid import UUID, uuid5
 from eventsourcing.domain import Aggregate
 
 from domain.designs import (
-    bayesian_table,
+    bayesian_boundary,
     binomial_tail,
     boin_decision,
     boin_select_mtd,
@@ -478,15 +478,11 @@ def _crossed(
     if isinstance(rule, BayesianStoppingRule):
         if n > rule.max_n:
             return None
-        table = bayesian_table(
-            p0=rule.p0,
-            cutoff=rule.cutoff,
-            a=rule.prior_a,
-            b=rule.prior_b,
-            min_n=rule.min_evaluable,
-            max_n=n,
+        if n < rule.min_evaluable:
+            return None
+        boundary = bayesian_boundary(
+            n, p0=rule.p0, cutoff=rule.cutoff, a=rule.prior_a, b=rule.prior_b
         )
-        boundary = table[-1].stop_if_y_ge
         if boundary is None or y < boundary:
             return None
         return boundary, exceed_probability(y, n, rule.p0, rule.prior_a, rule.prior_b)
@@ -540,8 +536,7 @@ class TrialSafetyEvent(SafetyEventRecorded):
     def apply(self, aggregate: Aggregate) -> None:
         trial = cast(Trial, aggregate)
         key = self.data["key"]
-        trial.published[key] = self.data
-        trial._published_findings[key] = Finding(
+        trial.published[key] = Finding(
             key,
             self.contract_type,
             self.effective_at,
@@ -598,8 +593,8 @@ class Trial(Aggregate):
         self.trial_id = trial_id
         self.facts: list[Fact] = []
         self.keys: set[str] = set()
-        self.published: dict[str, dict[str, Any]] = {}
-        self._published_findings: dict[str, Finding] = {}
+        #: What was published last for each key (``data`` without ``key`` and ``revises``).
+        self.published: dict[str, Finding] = {}
 
     @classmethod
     def open(cls, trial_id: str) -> Trial:
@@ -629,16 +624,14 @@ class Trial(Aggregate):
         # A published finding the facts no longer imply (an overturned DLT, a late
         # outcome) is withdrawn: republished with ``withdrawn`` true.
         for key, stated in list(self.published.items()):
-            if key in findings or stated.get("withdrawn"):
-                continue
-            finding = self._published_findings[key]
-            self._publish(replace(finding, data={**finding.data, "withdrawn": True}), revises=True)
+            if key not in findings and not stated.data.get("withdrawn"):
+                self._publish(
+                    replace(stated, data={**stated.data, "withdrawn": True}), revises=True
+                )
         for key, finding in sorted(findings.items(), key=lambda kv: (kv[1].at, kv[0])):
-            data = {"key": key, **finding.data}
             before = self.published.get(key)
-            if before is not None and {k: v for k, v in before.items() if k != "revises"} == data:
-                continue
-            self._publish(finding, revises=before is not None)
+            if before is None or before.data != finding.data:
+                self._publish(finding, revises=before is not None)
         return tallies
 
     def _publish(self, finding: Finding, *, revises: bool) -> None:

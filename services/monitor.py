@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterable
+from datetime import datetime
 from typing import Any
 
 from eventsourcing.application import AggregateNotFoundError
@@ -104,7 +105,7 @@ def facts_from(event: Any, dose_of: dict[str, str]) -> Iterable[Fact]:
             yield Fact(
                 "related_death",
                 wire["event_id"],
-                _at(wire["occurred_at"]),
+                datetime.fromisoformat(wire["occurred_at"]),
                 participant,
                 dose_of.get(participant),
                 {"cause": data["cause"], "related": related},
@@ -117,7 +118,7 @@ def facts_from(event: Any, dose_of: dict[str, str]) -> Iterable[Fact]:
         yield Fact(
             "committee",
             wire["event_id"],
-            _at(wire["occurred_at"]),
+            datetime.fromisoformat(wire["occurred_at"]),
             "-",
             data.get("dose_level"),
             {
@@ -126,12 +127,6 @@ def facts_from(event: Any, dose_of: dict[str, str]) -> Iterable[Fact]:
                 "reason": data["reason"],
             },
         )
-
-
-def _at(text: str) -> Any:
-    from datetime import datetime
-
-    return datetime.fromisoformat(text)
 
 
 class TrialMonitor:
@@ -153,20 +148,22 @@ class TrialMonitor:
         if not notifications:
             return 0
         trials: dict[str, Trial] = {}
+        doses_of: dict[str, dict[str, str]] = {}  # per trial: participant -> dose level
         changed: set[str] = set()
         for notification in notifications:
             event = self.app.mapper.to_domain_event(notification)
             trial_id = _trial_id(event)
             if trial_id is None:
                 continue
-            trial = trials.get(trial_id) or self._trial(trial_id)
-            trials[trial_id] = trial
-            dose_of = {
-                f.participant_id: f.dose_level
-                for f in trial.facts
-                if f.kind == "window_opened" and f.dose_level
-            }
-            for fact in facts_from(event, dose_of):
+            if trial_id not in trials:
+                trials[trial_id] = self._trial(trial_id)
+                doses_of[trial_id] = {
+                    f.participant_id: f.dose_level
+                    for f in trials[trial_id].facts
+                    if f.kind == "window_opened" and f.dose_level
+                }
+            trial = trials[trial_id]
+            for fact in facts_from(event, doses_of[trial_id]):  # keeps doses_of current
                 if trial.observe(fact):
                     changed.add(trial_id)
         doses: list[DoseLevel] = []
