@@ -225,6 +225,189 @@ class AlertRouting(_Section):
         return self
 
 
+AlertValue = str | int | float | bool | None
+_SEVERITY_RANK: dict[str, int] = {"info": 0, "medium": 1, "high": 2, "critical": 3}
+
+
+def severity_rank(severity: str) -> int:
+    return _SEVERITY_RANK[severity]
+
+
+class AlertRule(_Section):
+    """One alert rule (architecture decision 8): which events raise it, on what
+    condition, how severe, and which clinical situation it belongs to.
+
+    ``on`` names contract types, derived (§3) or clinical (§2). ``when`` and
+    ``unless`` compare fields of the event (envelope or ``data``) with a value or a
+    list of values. ``situation`` and ``title`` are ``str.format`` templates over the
+    same fields; events of one category and situation share one alert, whose
+    severity only rises."""
+
+    category: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    on: tuple[str, ...] = Field(min_length=1)
+    when: dict[str, AlertValue | list[AlertValue]] = {}
+    unless: dict[str, AlertValue | list[AlertValue]] = {}
+    min_grade: int | None = Field(default=None, ge=0, le=5)
+    severity: AlertSeverity | None = None
+    severity_by_grade: dict[int, AlertSeverity] = Field(
+        default={}, description="lowest grade -> severity; the highest threshold met applies"
+    )
+    situation: str
+    title: str
+
+    @model_validator(mode="after")
+    def check_one_severity(self) -> AlertRule:
+        if (self.severity is None) == (not self.severity_by_grade):
+            raise ValueError(f"alert rule {self.category}: give severity or severity_by_grade")
+        return self
+
+
+def _rule(category: str, on: str, situation: str, title: str, **rest: object) -> AlertRule:
+    return AlertRule.model_validate(
+        {"category": category, "on": (on,), "situation": situation, "title": title, **rest}
+    )
+
+
+class AlertRules(_Section):
+    """[parameter] what raises an alert (template values; the safety plan decides).
+
+    Data-quality alerts are built in: an observation for a participant whose
+    enrolment is not on record, and a burst of rejected messages."""
+
+    rules: tuple[AlertRule, ...] = (
+        _rule(
+            "crs",
+            "crs.graded",
+            "{participant_id}:crs:{episode}",
+            "CRS grade {grade} (episode {episode})",
+            min_grade=2,
+            severity_by_grade={2: "high", 3: "critical"},
+        ),
+        _rule(
+            "crs",
+            "grade.revised",
+            "{participant_id}:crs:{episode}",
+            "CRS revised to grade {to_grade} (episode {episode})",
+            when={"term": "CRS"},
+            min_grade=2,
+            severity_by_grade={2: "high", 3: "critical"},
+        ),
+        _rule(
+            "icans",
+            "icans.graded",
+            "{participant_id}:icans:{episode}",
+            "ICANS grade {grade} (episode {episode})",
+            min_grade=1,
+            severity_by_grade={1: "high", 3: "critical"},
+        ),
+        _rule(
+            "icans",
+            "grade.revised",
+            "{participant_id}:icans:{episode}",
+            "ICANS revised to grade {to_grade} (episode {episode})",
+            when={"term": "ICANS"},
+            min_grade=1,
+            severity_by_grade={1: "high", 3: "critical"},
+        ),
+        _rule(
+            "dlt",
+            "dlt.candidate",
+            "{participant_id}:dlt:{candidate_id}",
+            "DLT candidate: {rule}",
+            severity="high",
+        ),
+        _rule(
+            "dlt",
+            "dlt.confirmed",
+            "{participant_id}:dlt:{candidate_id}",
+            "DLT confirmed: {rule}",
+            severity="critical",
+        ),
+        _rule(
+            "stopping_rule",
+            "stopping_rule.triggered",
+            "{rule_id}:{scope}",
+            "Stopping boundary crossed: {rule_id} ({y}/{n})",
+            severity="critical",
+        ),
+        _rule(
+            "stopping_rule",
+            "enrollment.paused",
+            "enrollment:{key}",
+            "Enrolment paused: {reason}",
+            severity="critical",
+        ),
+        _rule(
+            "dose_decision",
+            "dose.decision",
+            "{dose_level}:{decision}",
+            "Dose level {dose_level}: {decision}",
+            when={"decision": "eliminate"},
+            severity="high",
+        ),
+        _rule(
+            "iechs",
+            "iechs.screen_positive",
+            "{participant_id}:iechs:{key}",
+            "IEC-HS screen positive",
+            severity="high",
+        ),
+        _rule(
+            "sae_deadline",
+            "sae.clock_started",
+            "{participant_id}:sae:{ae_id}:{obligation}",
+            "SAE {ae_id}: {obligation} due {deadline_at}",
+            severity="medium",
+        ),
+        _rule(
+            "sae_deadline",
+            "sae.reminder_due",
+            "{participant_id}:sae:{ae_id}:{obligation}",
+            "SAE {ae_id}: {obligation} due {deadline_at}",
+            when={"overdue": False},
+            severity="high",
+        ),
+        _rule(
+            "sae_deadline",
+            "sae.reminder_due",
+            "{participant_id}:sae:{ae_id}:{obligation}",
+            "SAE {ae_id}: {obligation} OVERDUE since {deadline_at}",
+            when={"overdue": True},
+            severity="critical",
+        ),
+        _rule(
+            "protocol_deviation",
+            "protocol.deviation",
+            "{participant_id}:deviation:{key}",
+            "Protocol deviation: {rule}",
+            unless={"rule": ["duplicate_infusion"]},
+            severity="high",
+        ),
+        _rule(
+            "data_quality",
+            "protocol.deviation",
+            "{participant_id}:deviation:{key}",
+            "Duplicate infusion recorded",
+            when={"rule": "duplicate_infusion"},
+            severity="medium",
+        ),
+        _rule(
+            "death",
+            "death.reported",
+            "{participant_id}:death",
+            "Death reported: {cause}",
+            severity="critical",
+        ),
+    )
+    unknown_participant_severity: AlertSeverity = "medium"
+    unknown_participant_grace_hours: float = Field(
+        default=24.0, gt=0, description="records may precede their enrolment by this long"
+    )
+    rejected_burst_count: int = Field(default=10, ge=1)
+    rejected_burst_window_minutes: float = Field(default=15.0, gt=0)
+    rejected_burst_severity: AlertSeverity = "medium"
+
+
 class DoseLevel(_Section):
     id: str
     cells_per_kg: float = Field(gt=0)
@@ -268,3 +451,4 @@ class ProtocolParameters(BaseModel):
     ] = ()
     pause_rules: FixedPauseRules = FixedPauseRules()
     alert_routing: AlertRouting = AlertRouting()
+    alert_rules: AlertRules = AlertRules()

@@ -101,6 +101,36 @@ class IngestLedger(Aggregate):
         )
 
 
+class TrialClock(Aggregate):
+    """The ``clock.ticked`` times of one trial as one inbound partition delivered them,
+    one aggregate per UTC day so that none grows without bound. Only a tick that
+    advances the clock is recorded; time-based alert rules (escalation) follow these
+    events, so a replay escalates exactly as the live run did."""
+
+    @staticmethod
+    def id_for(trial_id: str, topic: str, partition: int, day: str) -> UUID:
+        return uuid5(NAMESPACE, f"clock/{trial_id}/{topic}/{partition}/{day}")
+
+    @event("Opened")
+    def __init__(self, trial_id: str, topic: str, partition: int, day: str) -> None:
+        self.trial_id = trial_id
+        self.latest: datetime | None = None
+
+    @staticmethod
+    def create_id(trial_id: str, topic: str, partition: int, day: str) -> UUID:
+        return TrialClock.id_for(trial_id, topic, partition, day)
+
+    def tick(self, at: datetime) -> bool:
+        if self.latest is not None and at <= self.latest:
+            return False
+        self._ticked(trial_id=self.trial_id, at=at)
+        return True
+
+    @event("Ticked")
+    def _ticked(self, trial_id: str, at: datetime) -> None:
+        self.latest = at
+
+
 class TrialLog(Aggregate):
     """Trial-level clinical events (committee decisions), recorded once each, and the
     protocol versions activated for the trial (architecture decision 3)."""

@@ -59,6 +59,19 @@ class Metrics:
             ["topic"],
             registry=r,
         )
+        self.alert_delivery_seconds = Histogram(
+            "toxwatch_alert_delivery_seconds",
+            "Alert event recorded -> received by the endpoint, by channel",
+            ["channel"],
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300),
+            registry=r,
+        )
+        self.dispatch_failures = Counter(
+            "toxwatch_alert_dispatch_failures",
+            "Failed alert delivery attempts (retried), by channel",
+            ["channel"],
+            registry=r,
+        )
         self.relay_position = Gauge(
             "toxwatch_relay_position", "Last notification id published by the relay", registry=r
         )

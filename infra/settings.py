@@ -52,6 +52,21 @@ class Settings(BaseSettings):
     metrics_port: int = 0
     protocol_file: Path | None = None
 
+    # alerts: delivery endpoints (TOML file), webhook signing secret, SMTP, API
+    alert_endpoints_file: Path | None = None
+    webhook_secret: str | None = None
+    webhook_secret_file: Path | None = None
+    smtp_host: str | None = None
+    smtp_port: int = 25
+    smtp_sender: str = "toxwatch@localhost"
+    smtp_starttls: bool = False
+    smtp_username: str | None = None
+    smtp_password: str | None = None
+    dispatch_max_backoff_seconds: float = 30.0
+    api_host: str = "127.0.0.1"
+    api_port: int = 8079
+    api_base_url: str | None = None
+
     @property
     def sqlite_path(self) -> Path:
         return self.sqlite_file or self.data_dir / "toxwatch.sqlite3"

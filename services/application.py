@@ -15,7 +15,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
 from uuid import UUID
 
@@ -26,10 +26,11 @@ from eventsourcing.persistence import IntegrityError, Notification, Tracking
 from domain.contract import TRIAL_LEVEL_PARTICIPANT, ClinicalEvent, RejectionError, SafetyEvent
 from domain.participant import Participant, SafetyEventRecorded, participant_aggregate_id
 from domain.protocol import ProtocolParameters
-from domain.records import IngestLedger, PartitionRoster, TrialLog
+from domain.records import IngestLedger, PartitionRoster, TrialClock, TrialLog
 from domain.trial import Trial
 from domain.validation import ValidationLimits, validate_message
 from infra.store import TRACKINGS, kafka_tracking, partition_tracking_name
+from projections.alerts import Alert
 
 log = logging.getLogger(__name__)
 A = TypeVar("A", bound=Aggregate)
@@ -37,7 +38,7 @@ A = TypeVar("A", bound=Aggregate)
 #: Stored-event topics of the derived safety events (what the relay publishes).
 SAFETY_EVENT_TOPICS = tuple(
     f"{cls.__module__}:{cls.__qualname__}"
-    for owner in (Participant, Trial)
+    for owner in (Participant, Trial, Alert)
     for cls in vars(owner).values()
     if isinstance(cls, type) and issubclass(cls, SafetyEventRecorded)
 )
@@ -187,6 +188,9 @@ class SafetyMonitoring(Application[UUID]):
 
     def _apply_event(self, batch: _Batch, message: InboundMessage, event: ClinicalEvent) -> bool:
         if event.type == "clock.ticked":
+            day = event.occurred_at.astimezone(UTC).date().isoformat()
+            clock = batch.get(TrialClock, event.trial_id, message.topic, message.partition, day)
+            clock.tick(event.occurred_at)
             roster = batch.get(PartitionRoster, message.topic, message.partition)
             for trial_id, participant_id in roster.members:
                 if trial_id == event.trial_id:
@@ -265,6 +269,14 @@ class SafetyMonitoring(Application[UUID]):
             except IntegrityError:
                 if attempt == MAX_ATTEMPTS:
                     raise
+
+    def trial_protocol(self, trial_id: str) -> ProtocolParameters:
+        """The trial's activated protocol version, else the configured default."""
+        try:
+            trial_log: TrialLog = self.repository.get(TrialLog.id_for(trial_id))
+        except AggregateNotFoundError:
+            return self.protocol
+        return trial_log.protocol or self.protocol
 
     def tracked(self, name: str) -> int | None:
         return self.recorder.max_tracking_id(name)  # type: ignore[attr-defined,no-any-return]

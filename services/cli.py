@@ -23,6 +23,8 @@ rules_app = typer.Typer(no_args_is_help=True, help="Dose-finding designs and sto
 app.add_typer(bench_app, name="bench")
 app.add_typer(rules_app, name="rules")
 app.add_typer(protocol_app, name="protocol")
+token_app = typer.Typer(no_args_is_help=True, help="API tokens (stored hashed).")
+app.add_typer(token_app, name="token")
 
 
 def _settings() -> Settings:
@@ -165,6 +167,128 @@ def monitor() -> None:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with contextlib.suppress(KeyboardInterrupt):
         TrialMonitor(build_application(_settings())).follow(stop)
+
+
+@app.command()
+def alerts() -> None:
+    """Run the alerts process: alert decisions and escalations from the store's log."""
+    from services.alerts import AlertDesk
+    from services.bootstrap import build_application
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with contextlib.suppress(KeyboardInterrupt):
+        AlertDesk(build_application(_settings())).follow(stop)
+
+
+@app.command()
+def dispatcher() -> None:
+    """Run the alert dispatcher: every configured endpoint, in log order, each once."""
+    from services.bootstrap import build_application
+    from services.dispatcher import Dispatcher, build_channel, load_endpoints
+
+    settings = _settings()
+    endpoints = load_endpoints(settings)
+    if not endpoints:
+        typer.echo("no alert endpoints configured (TOXWATCH_ALERT_ENDPOINTS_FILE)", err=True)
+        raise typer.Exit(2)
+    application = build_application(settings)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    dispatch = Dispatcher(
+        application,
+        [(e, build_channel(e, settings)) for e in endpoints],
+        max_backoff_s=settings.dispatch_max_backoff_seconds,
+    )
+    with contextlib.suppress(KeyboardInterrupt):
+        dispatch.run(stop)
+
+
+@app.command()
+def api() -> None:
+    """Serve the HTTP API (TOXWATCH_API_HOST / TOXWATCH_API_PORT)."""
+    import uvicorn
+
+    from services.api import create_app
+    from services.bootstrap import build_application
+
+    settings = _settings()
+    uvicorn.run(
+        create_app(build_application(settings)),
+        host=settings.api_host,
+        port=settings.api_port,
+        log_level="warning",
+    )
+
+
+@token_app.command("create")
+def token_create(
+    role: Annotated[str, typer.Option(help="monitor, dsmb, site, auditor or admin.")],
+    name: Annotated[str, typer.Option(help="Who or what holds it.")],
+    site: Annotated[str | None, typer.Option(help="The site of a site token.")] = None,
+    expires_in_days: Annotated[float | None, typer.Option(help="Expiry; none: never.")] = None,
+    created_by: Annotated[str, typer.Option(help="Who issues it.")] = "cli",
+    reason: str = "",
+) -> None:
+    """Issue an API token; it is printed once (only its hash is stored)."""
+    from datetime import UTC, datetime, timedelta
+
+    from domain.access import AccessError
+    from services.bootstrap import build_application
+    from services.tokens import TokenService
+
+    now = datetime.now(UTC)
+    expires = now + timedelta(days=expires_in_days) if expires_in_days else None
+    try:
+        issued = TokenService(build_application(_settings())).create(
+            role,  # type: ignore[arg-type]
+            name=name,
+            site_id=site,
+            expires_at=expires,
+            created_by=created_by,
+            reason=reason,
+            now=now,
+        )
+    except AccessError as error:
+        typer.echo(f"cannot issue: {error}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(issued.token)
+
+
+@token_app.command("revoke")
+def token_revoke(
+    token_id: str,
+    reason: Annotated[str, typer.Option(help="Why (kept on the record).")],
+    by: str = "cli",
+) -> None:
+    """Revoke a token by its id."""
+    from datetime import UTC, datetime
+
+    from domain.access import AccessError
+    from services.bootstrap import build_application
+    from services.tokens import TokenService
+
+    try:
+        TokenService(build_application(_settings())).revoke(
+            token_id, by=by, reason=reason, now=datetime.now(UTC)
+        )
+    except AccessError as error:
+        typer.echo(f"cannot revoke: {error}", err=True)
+        raise typer.Exit(1) from None
+
+
+@token_app.command("list")
+def token_list() -> None:
+    """The issued tokens (never their secrets)."""
+    from services.bootstrap import build_application
+    from services.tokens import TokenService
+
+    for info in TokenService(build_application(_settings())).list():
+        typer.echo(
+            f"{info.token_id}\t{info.role}\t{info.site_id or '-'}\t{info.name}\t"
+            f"expires {info.expires_at or 'never'}\t"
+            f"{'revoked ' + str(info.revoked_at) if info.revoked_at else 'active'}"
+        )
 
 
 @rules_app.command("boundaries")

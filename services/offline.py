@@ -1,5 +1,6 @@
 """``toxwatch process``: apply a clinical JSONL stream offline with the same
-application code as the worker, and write the derived safety events as JSONL."""
+application code as the worker, the trial monitor and the alerts process, and write
+the derived safety events (alerts included) as JSONL."""
 
 from __future__ import annotations
 
@@ -64,11 +65,13 @@ def process_lines(
             flush()
     if batch:
         flush()
+    from services.alerts import AlertDesk
     from services.monitor import TrialMonitor
 
     # One pass over the whole log: the trial events are then the same whatever the
     # batching of the participants' (the monitor evaluates once, on every fact).
     TrialMonitor(app, batch_size=1_000_000_000).run_until_idle()
+    AlertDesk(app).run_until_idle()
     for event in app.iter_safety_events():
         out.write(json.dumps(event.to_wire(), separators=(",", ":"), sort_keys=True) + "\n")
     return summary

@@ -69,8 +69,13 @@ def run_process_command(
 
 def participant_level(events: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """The participants' derived events, without the trial monitor's (participant ``-``),
-    which only a running ``toxwatch monitor`` publishes."""
-    return [event for event in events if event["participant_id"] != "-"]
+    which only a running ``toxwatch monitor`` publishes, and without alerts, which only
+    a running ``toxwatch alerts`` publishes."""
+    return [
+        event
+        for event in events
+        if event["participant_id"] != "-" and not event["type"].startswith("alert.")
+    ]
 
 
 def process_offline(values: Iterable[bytes], app: Any = None) -> list[dict]:

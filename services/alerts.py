@@ -1,0 +1,212 @@
+"""The alerts process (architecture decision 8): decisions and human actions.
+
+:class:`AlertDesk` follows the event store's notification log after its tracked
+position (``alerts``), folds each entry into the :class:`projections.alerts.AlertBook`
+and saves the resulting Alert events **with its new position in one transaction**.
+On start it folds the log up to that position without saving, so its in-memory state
+(open alerts, clocks, sites) is exactly what a continuous run would hold, and a
+replay from zero gives the same alerts. The relay publishes the alert events on the
+safety topic like every derived event; the dispatcher delivers them.
+
+:func:`acknowledge` is the human action: it records ``alert.acknowledged`` with who,
+when and why, on the same aggregate (a concurrent revision makes one side retry).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import datetime
+from typing import Any
+
+from eventsourcing.application import AggregateNotFoundError
+from eventsourcing.persistence import IntegrityError, Notification, Tracking
+from eventsourcing.utils import get_topic
+
+from domain.errors import NotFound
+from domain.participant import Participant, SafetyEventRecorded
+from domain.protocol import ProtocolParameters
+from domain.records import IngestLedger, TrialClock
+from infra.store import TRACKINGS
+from projections.alerts import (
+    ALERT_EVENT_CLASSES,
+    Alert,
+    AlertBook,
+    AlertCommand,
+    EscalateAlert,
+    RaiseAlert,
+)
+from services.application import SAFETY_EVENT_TOPICS, SafetyMonitoring
+
+log = logging.getLogger(__name__)
+
+ALERTS_TRACKING = "alerts"
+MAX_ATTEMPTS = 5
+_ALERT_TOPICS = frozenset(get_topic(cls) for cls in ALERT_EVENT_CLASSES)
+INPUT_TOPICS = (
+    *(topic for topic in SAFETY_EVENT_TOPICS if topic not in _ALERT_TOPICS),
+    get_topic(Participant.Registered),
+    get_topic(Participant.ClinicalEventRecorded),
+    get_topic(IngestLedger.MessageRejected),
+    get_topic(TrialClock.Ticked),
+    get_topic(Alert.Acknowledged),
+)
+
+
+class AlertDesk:
+    """Follows the log of ``app``'s store and keeps the Alert aggregates up to date."""
+
+    def __init__(self, app: SafetyMonitoring, *, batch_size: int = 1000) -> None:
+        self.app = app
+        self.batch_size = batch_size
+        self.book = AlertBook()
+        self._folded_to = 0
+        self._protocols: dict[str, ProtocolParameters] = {}
+
+    def position(self) -> int:
+        return self.app.tracked(ALERTS_TRACKING) or 0
+
+    def run_once(self) -> int:
+        """Process the next notifications; the number read (0: caught up)."""
+        self._catch_up()
+        notifications = self._select(self._folded_to)
+        if not notifications:
+            return 0
+        self._protocols.clear()
+        pending: dict[str, Alert] = {}
+        for notification in notifications:
+            for command in self._observe(notification):
+                self._execute(command, pending)
+        tracking = Tracking(ALERTS_TRACKING, notifications[-1].id)
+        try:
+            self.app.save(*pending.values(), **{TRACKINGS: [tracking]})
+        except IntegrityError:
+            # An acknowledgement landed on one of these alerts meanwhile: forget
+            # this pass and fold again from the stored position.
+            log.info("alert changed concurrently; refolding")
+            self._reset()
+            raise
+        self._folded_to = notifications[-1].id
+        return len(notifications)
+
+    def run_until_idle(self) -> int:
+        total = 0
+        while read := self.run_once():
+            total += read
+        return total
+
+    def follow(self, stop: threading.Event, poll_seconds: float = 0.05) -> None:
+        """Run until ``stop`` is set, polling the log when caught up."""
+        while not stop.is_set():
+            try:
+                if not self.run_once():
+                    stop.wait(poll_seconds)
+            except IntegrityError:
+                continue
+            except Exception:
+                log.exception("alerts pass failed; retrying")
+                self._reset()
+                stop.wait(1.0)
+
+    # ------------------------------------------------------------ folding
+
+    def _reset(self) -> None:
+        self.book = AlertBook()
+        self._folded_to = 0
+
+    def _catch_up(self) -> None:
+        """Fold, without saving, what was decided before the tracked position."""
+        target = self.position()
+        while self._folded_to < target:
+            notifications = [n for n in self._select(self._folded_to) if n.id <= target]
+            if not notifications:
+                break
+            self._protocols.clear()
+            for notification in notifications:
+                for _ in self._observe(notification):
+                    pass
+            self._folded_to = notifications[-1].id
+        self._folded_to = max(self._folded_to, target)
+
+    def _select(self, after: int) -> list[Notification]:
+        return list(
+            self.app.recorder.select_notifications(
+                start=after, limit=self.batch_size, topics=INPUT_TOPICS, inclusive_of_start=False
+            )
+        )
+
+    def _observe(self, notification: Notification) -> list[AlertCommand]:
+        event: Any = self.app.mapper.to_domain_event(notification)
+        book = self.book
+        if isinstance(event, Alert.Acknowledged):
+            book.on_acknowledged(event.data["alert_id"], event.data["revision"])
+            return []
+        if isinstance(event, SafetyEventRecorded):
+            return book.on_safety_event(event.to_contract(), self._protocol(event.trial_id))
+        if isinstance(event, Participant.ClinicalEventRecorded):
+            wire = event.event
+            return book.on_clinical_event(wire, self._protocol(wire["trial_id"]))
+        if isinstance(event, Participant.Registered):
+            book.registered(event.trial_id, event.participant_id, event.site_id)
+            return []
+        if isinstance(event, TrialClock.Ticked):
+            return book.on_tick(event.trial_id, event.at, self._protocol(event.trial_id))
+        if isinstance(event, IngestLedger.MessageRejected):
+            trial_id = self.app.protocol.trial_id
+            return book.on_rejection(
+                trial_id=trial_id,
+                received_at=event.received_at,
+                reference=f"{event.topic}#{event.partition}@{event.offset}",
+                code=str(event.error.get("code")),
+                protocol=self._protocol(trial_id),
+            )
+        return []
+
+    def _execute(self, command: AlertCommand, pending: dict[str, Alert]) -> None:
+        alert = pending.get(command.alert_id)
+        if alert is None:
+            try:
+                alert = self.app.repository.get(Alert.id_for(command.alert_id))
+            except AggregateNotFoundError:
+                if not isinstance(command, RaiseAlert):
+                    log.error("escalation of unknown alert %s", command.alert_id)
+                    return
+                alert = Alert.open(command.finding)
+            pending[command.alert_id] = alert
+        if isinstance(command, RaiseAlert):
+            alert.raise_revision(command)
+        elif isinstance(command, EscalateAlert):
+            alert.escalate(command)
+
+    def _protocol(self, trial_id: str) -> ProtocolParameters:
+        if trial_id not in self._protocols:
+            self._protocols[trial_id] = self.app.trial_protocol(trial_id)
+        return self._protocols[trial_id]
+
+
+def acknowledge(
+    app: SafetyMonitoring,
+    alert_id: str,
+    *,
+    by: str,
+    at: datetime,
+    comment: str,
+    revision: int | None = None,
+) -> Alert:
+    """Record that ``by`` acknowledged the alert (raises ``NotFound`` and the domain's
+    ``AlertAlreadyAcknowledged`` / ``AlertRevisionChanged``)."""
+    attempt = 1
+    while True:
+        try:
+            alert: Alert = app.repository.get(Alert.id_for(alert_id))
+        except (AggregateNotFoundError, ValueError) as error:
+            raise NotFound(f"no alert {alert_id}") from error
+        alert.acknowledge(by=by, at=at, comment=comment, revision=revision)
+        try:
+            app.save(alert)
+        except IntegrityError:
+            if attempt == MAX_ATTEMPTS:
+                raise
+            attempt += 1
+        else:
+            return alert

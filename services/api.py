@@ -1,0 +1,661 @@
+"""The HTTP API (FastAPI): alerts, participants, trial status, the derived event
+stream, the contract's JSON Schema, health and readiness (architecture decision 10).
+
+Every data endpoint needs a bearer token (``toxwatch token create``); roles grant
+permissions (``domain.access.PERMISSIONS``) and a ``site`` token sees only its own
+site's participants and alerts, plus trial-level ones. A participant or alert the
+caller may not see is answered exactly like one that does not exist (404), so an
+error never reveals another site's data.
+
+The alerts inbox and the participant registry are read models the API folds from the
+event store's notification log in a background thread (:class:`ReadModels`); the
+participant timeline and the trial status are read from their aggregates. ``/ready``
+is true only when those read models, the alerts process and the trial monitor have
+caught up with the log.
+
+No ``from __future__ import annotations``: FastAPI reads annotations at run time.
+"""
+
+import asyncio
+import logging
+import threading
+from collections.abc import AsyncIterator, Callable
+from dataclasses import asdict
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+from uuid import UUID
+
+from eventsourcing.application import AggregateNotFoundError
+from eventsourcing.utils import get_topic
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, status
+from pydantic import BaseModel, ConfigDict, Field
+from sse_starlette.sse import EventSourceResponse
+
+from domain.access import Permission, Principal, Role
+from domain.contract import TRIAL_LEVEL_PARTICIPANT, SafetyEvent, clinical_event_schema
+from domain.errors import AlertAlreadyAcknowledged, AlertRevisionChanged, NotFound
+from domain.participant import Participant, SafetyEventRecorded, participant_aggregate_id
+from domain.trial import DoseLevel, Trial, dose_level_aggregate_id, trial_aggregate_id
+from projections.alerts import ALERT_EVENT_CLASSES, AlertRow, AlertsView
+from services import alerts as alert_service
+from services import monitor as monitor_service
+from services.application import SafetyMonitoring
+from services.auth import Authenticator
+from services.tokens import NoSuchToken, TokenService
+
+log = logging.getLogger(__name__)
+ALERT_TOPICS = tuple(get_topic(cls) for cls in ALERT_EVENT_CLASSES)
+_VIEW_TOPICS = (*ALERT_TOPICS, get_topic(Participant.Registered))
+NOT_FOUND = "not found"
+
+
+# ---------------------------------------------------------------- read models
+
+
+class ReadModels:
+    """The API's read models, folded from the notification log."""
+
+    def __init__(self, app: SafetyMonitoring, *, batch_size: int = 1000) -> None:
+        self.app = app
+        self.batch_size = batch_size
+        self.alerts = AlertsView()
+        self.participants: dict[tuple[str, str], str] = {}  # -> site
+        self.position = 0
+        self._lock = threading.Lock()
+
+    def refresh(self) -> int:
+        """Fold what was stored since the last refresh; the number of entries read."""
+        with self._lock:
+            total = 0
+            while True:
+                notifications = self.app.recorder.select_notifications(
+                    start=self.position,
+                    limit=self.batch_size,
+                    topics=_VIEW_TOPICS,
+                    inclusive_of_start=False,
+                )
+                if not notifications:
+                    return total
+                for notification in notifications:
+                    event: Any = self.app.mapper.to_domain_event(notification)
+                    if isinstance(event, Participant.Registered):
+                        self.participants[(event.trial_id, event.participant_id)] = event.site_id
+                    elif isinstance(event, SafetyEventRecorded):
+                        self.alerts.apply(event.to_contract(), notification.id)
+                self.position = notifications[-1].id
+                total += len(notifications)
+
+    def follow(self, stop: threading.Event, poll_seconds: float = 0.1) -> None:
+        while not stop.is_set():
+            try:
+                if not self.refresh():
+                    stop.wait(poll_seconds)
+            except Exception:
+                log.exception("read model refresh failed; retrying")
+                stop.wait(1.0)
+
+    def lag(self) -> dict[str, bool]:
+        """Which followers still have log entries to process (True: behind)."""
+        return {
+            "api_views": self._behind(self.position, _VIEW_TOPICS),
+            "alerts": self._behind(
+                self.app.tracked(alert_service.ALERTS_TRACKING) or 0, alert_service.INPUT_TOPICS
+            ),
+            "trial_monitor": self._behind(
+                self.app.tracked(monitor_service.MONITOR_TRACKING) or 0,
+                monitor_service.INPUT_TOPICS,
+            ),
+        }
+
+    def _behind(self, position: int, topics: tuple[str, ...]) -> bool:
+        return bool(
+            self.app.recorder.select_notifications(
+                start=position, limit=1, topics=topics, inclusive_of_start=False
+            )
+        )
+
+
+# ---------------------------------------------------------------- schemas
+
+
+class AlertOut(BaseModel):
+    alert_id: str
+    trial_id: str
+    participant_id: str
+    site_id: str | None
+    dose_level: str | None
+    category: str
+    severity: Literal["critical", "high", "medium", "info"]
+    title: str
+    revision: int
+    status: Literal["open", "acknowledged"]
+    effective_at: datetime
+    raised_at: datetime
+    evidence: list[str]
+    acknowledged_by: str | None
+    acknowledged_at: datetime | None
+    acknowledgement_comment: str | None
+    escalated_to: list[str]
+
+    @classmethod
+    def of(cls, row: AlertRow) -> "AlertOut":
+        fields = asdict(row)
+        fields.pop("history")
+        return cls.model_validate(fields)
+
+
+class EvidenceOut(BaseModel):
+    event_id: str
+    kind: Literal["clinical", "derived", "unresolved"]
+    event: dict[str, Any] | None
+
+
+class AlertDetail(AlertOut):
+    history: list[dict[str, Any]]
+    evidence_events: list[EvidenceOut]
+
+
+class Acknowledgement(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    comment: str = Field(min_length=1, max_length=2000)
+    revision: int | None = Field(
+        default=None, ge=1, description="the revision the user saw; 409 if it moved on"
+    )
+
+
+class ParticipantOut(BaseModel):
+    trial_id: str
+    participant_id: str
+    site_id: str
+
+
+class TimelineOut(BaseModel):
+    trial_id: str
+    participant_id: str
+    site_id: str
+    current_grades: dict[str, int]
+    clinical_events: list[dict[str, Any]]
+    derived_events: list[dict[str, Any]]
+
+
+class DoseLevelOut(BaseModel):
+    dose_level: str
+    cells_per_kg: float | None
+    tally: dict[str, int | bool]
+    latest_decision: dict[str, Any] | None
+
+
+class TrialStatusOut(BaseModel):
+    trial_id: str
+    protocol_version: str
+    enrollment_paused: bool
+    dose_levels: list[DoseLevelOut]
+    stopping_rules: list[dict[str, Any]]
+    mtd: dict[str, Any] | None
+    events: list[dict[str, Any]]
+
+
+class PositionedEvent(BaseModel):
+    position: int
+    event: dict[str, Any]
+
+
+class EventPage(BaseModel):
+    events: list[PositionedEvent]
+    next_after: int
+
+
+class TokenRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: Role
+    name: str = Field(min_length=1, max_length=200)
+    site_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    expires_at: datetime | None = None
+    reason: str = Field(default="", max_length=2000)
+
+
+class TokenOut(BaseModel):
+    token_id: str
+    name: str
+    role: str
+    site_id: str | None
+    expires_at: datetime | None
+    created_by: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class IssuedTokenOut(TokenOut):
+    token: str = Field(description="shown once; only its hash is stored")
+
+
+class Revocation(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: str = Field(min_length=1, max_length=2000)
+
+
+# ---------------------------------------------------------------- the app
+
+
+def create_app(
+    app: SafetyMonitoring,
+    *,
+    clock: Callable[[], datetime] | None = None,
+    read_models: ReadModels | None = None,
+    follow: bool = True,
+) -> FastAPI:
+    """The API over ``app``'s store. ``follow`` starts the read models' thread."""
+    now = clock or (lambda: datetime.now(UTC))
+    tokens = TokenService(app)
+    auth = Authenticator(tokens, now)
+    views = read_models or ReadModels(app)
+    stop = threading.Event()
+
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        thread = None
+        if follow:
+            thread = threading.Thread(target=views.follow, args=(stop,), daemon=True)
+            thread.start()
+        yield
+        stop.set()
+        if thread is not None:
+            thread.join(timeout=5)
+
+    api = FastAPI(
+        title="ToxWatch",
+        version="1",
+        description="Safety monitoring for CAR-T cell therapy trials: alerts, "
+        "participants' grades, trial status and the derived event stream.",
+        lifespan=lifespan,
+    )
+
+    def reader(permission: Permission) -> Any:
+        return Depends(auth.require(permission))
+
+    def visible_alert(alert_id: str, who: Principal) -> AlertRow:
+        row = views.alerts.rows.get(alert_id)
+        if row is None:
+            views.refresh()
+            row = views.alerts.rows.get(alert_id)
+        if row is None or not who.sees_site(row.site_id):
+            raise HTTPException(status.HTTP_404_NOT_FOUND, NOT_FOUND)
+        return row
+
+    def visible_participant(trial_id: str, participant_id: str, who: Principal) -> str:
+        key = (trial_id, participant_id)
+        if key not in views.participants:
+            views.refresh()
+        site = views.participants.get(key)
+        if site is None or not who.sees_site(site):
+            raise HTTPException(status.HTTP_404_NOT_FOUND, NOT_FOUND)
+        return site
+
+    # ------------------------------------------------------------ public
+
+    @api.get("/health", tags=["operations"])
+    def health() -> dict[str, str]:
+        """Liveness: the process answers."""
+        return {"status": "ok"}
+
+    @api.get(
+        "/ready",
+        tags=["operations"],
+        responses={503: {"description": "projections still catching up"}},
+    )
+    def ready() -> Any:
+        """Readiness: the read models, the alerts process and the trial monitor have
+        processed every stored event they follow."""
+        behind = views.lag()
+        body = {"ready": not any(behind.values()), "behind": behind}
+        if any(behind.values()):
+            from fastapi.responses import JSONResponse
+
+            return JSONResponse(body, status_code=status.HTTP_503_SERVICE_UNAVAILABLE)
+        return body
+
+    @api.get("/schema/{kind}", tags=["contract"])
+    def schema(kind: Literal["clinical", "safety"]) -> dict[str, Any]:
+        """JSON Schema of the event contract: clinical events in, safety events out."""
+        if kind == "clinical":
+            return clinical_event_schema()
+        return SafetyEvent.model_json_schema(by_alias=True)
+
+    # ------------------------------------------------------------ alerts
+
+    @api.get("/alerts", tags=["alerts"])
+    def list_alerts(
+        who: Annotated[Principal, reader(Permission.READ_ALERTS)],
+        status_: Annotated[Literal["open", "acknowledged"] | None, Query(alias="status")] = None,
+        severity: Literal["critical", "high", "medium", "info"] | None = None,
+        category: Annotated[str | None, Query(max_length=64)] = None,
+        trial_id: Annotated[str | None, Query(max_length=64)] = None,
+        participant_id: Annotated[str | None, Query(max_length=64)] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+    ) -> list[AlertOut]:
+        """Alerts, most severe first, then newest; filters combine."""
+        rows = views.alerts.select(
+            status=status_,
+            severity=severity,
+            category=category,
+            trial_id=trial_id,
+            participant_id=participant_id,
+        )
+        return [AlertOut.of(r) for r in rows if who.sees_site(r.site_id)][:limit]
+
+    @api.get("/alerts/stream", tags=["alerts"])
+    async def alert_stream(
+        request: Request,
+        who: Annotated[Principal, reader(Permission.READ_ALERTS)],
+        after: Annotated[int | None, Query(ge=0)] = None,
+        last_event_id: Annotated[str | None, Header()] = None,
+    ) -> EventSourceResponse:
+        """The live feed (server-sent events): alert events as they are stored. Each
+        message's id is its log position; reconnect with ``Last-Event-ID`` (or
+        ``after``) to resume without a gap. Without either, it starts from now."""
+        start = after
+        if start is None and last_event_id and last_event_id.isdigit():
+            start = int(last_event_id)
+        if start is None:
+            start = app.recorder.max_notification_id() or 0
+
+        async def frames() -> AsyncIterator[dict[str, str]]:
+            position = start
+            while not await request.is_disconnected():
+                notifications = await asyncio.to_thread(
+                    app.recorder.select_notifications,
+                    start=position,
+                    limit=100,
+                    topics=ALERT_TOPICS,
+                    inclusive_of_start=False,
+                )
+                for notification in notifications:
+                    event = app.mapper.to_domain_event(notification)
+                    alert = event.to_contract()  # type: ignore[attr-defined]
+                    position = notification.id
+                    if not who.sees_site(alert.data.get("site_id")):
+                        continue
+                    if alert.type == "alert.raised" and "live_feed" not in (
+                        alert.data.get("channels") or []
+                    ):
+                        continue
+                    yield {
+                        "id": str(notification.id),
+                        "event": alert.type,
+                        "data": alert.model_dump_json(by_alias=True),
+                    }
+                if not notifications:
+                    await asyncio.sleep(0.1)
+
+        return EventSourceResponse(frames(), ping=15)
+
+    @api.get("/alerts/{alert_id}", tags=["alerts"])
+    def alert_detail(
+        alert_id: str, who: Annotated[Principal, reader(Permission.READ_ALERTS)]
+    ) -> AlertDetail:
+        """One alert with its history and its evidence events."""
+        row = visible_alert(alert_id, who)
+        return AlertDetail(
+            **AlertOut.of(row).model_dump(),
+            history=row.history,
+            evidence_events=_evidence(app, row),
+        )
+
+    @api.post(
+        "/alerts/{alert_id}/acknowledge",
+        tags=["alerts"],
+        responses={409: {"description": "already acknowledged, or the alert moved on"}},
+    )
+    def acknowledge(
+        alert_id: str,
+        body: Acknowledgement,
+        who: Annotated[Principal, reader(Permission.ACKNOWLEDGE_ALERTS)],
+    ) -> AlertOut:
+        """Acknowledge the alert's current revision, with a comment."""
+        visible_alert(alert_id, who)
+        try:
+            alert_service.acknowledge(
+                app,
+                alert_id,
+                by=f"{who.name} ({who.role}, token {who.token_id})",
+                at=now(),
+                comment=body.comment,
+                revision=body.revision,
+            )
+        except NotFound:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, NOT_FOUND) from None
+        except (AlertAlreadyAcknowledged, AlertRevisionChanged) as conflict:
+            raise HTTPException(status.HTTP_409_CONFLICT, str(conflict)) from None
+        views.refresh()
+        return AlertOut.of(views.alerts.rows[alert_id])
+
+    # ------------------------------------------------------------ participants
+
+    @api.get("/participants", tags=["participants"])
+    def list_participants(
+        who: Annotated[Principal, reader(Permission.READ_PARTICIPANTS)],
+        trial_id: Annotated[str | None, Query(max_length=64)] = None,
+    ) -> list[ParticipantOut]:
+        views.refresh()
+        return [
+            ParticipantOut(trial_id=t, participant_id=p, site_id=s)
+            for (t, p), s in sorted(views.participants.items())
+            if (trial_id is None or t == trial_id) and who.sees_site(s)
+        ]
+
+    @api.get("/participants/{trial_id}/{participant_id}/timeline", tags=["participants"])
+    def timeline(
+        trial_id: str,
+        participant_id: str,
+        who: Annotated[Principal, reader(Permission.READ_PARTICIPANTS)],
+    ) -> TimelineOut:
+        """The participant's clinical events in clinical order and derived safety
+        events in the order they were derived, with the current grade per term."""
+        site = visible_participant(trial_id, participant_id, who)
+        clinical, derived = _participant_events(app, trial_id, participant_id)
+        grades: dict[str, int] = {}
+        for event in derived:
+            data = event["data"]
+            if event["type"] in ("crs.graded", "icans.graded", "toxicity.graded"):
+                term = data.get("term") or event["type"].split(".")[0].upper()
+                grades[term] = data["grade"]
+            elif event["type"] == "grade.revised":
+                grades[data["term"]] = data["to_grade"]
+        clinical.sort(key=lambda e: (e["occurred_at"], e["event_id"]))
+        return TimelineOut(
+            trial_id=trial_id,
+            participant_id=participant_id,
+            site_id=site,
+            current_grades=grades,
+            clinical_events=clinical,
+            derived_events=derived,
+        )
+
+    # ------------------------------------------------------------ trial
+
+    @api.get("/trials/{trial_id}/status", tags=["trial"])
+    def trial_status(
+        trial_id: str, who: Annotated[Principal, reader(Permission.READ_TRIAL)]
+    ) -> TrialStatusOut:
+        """Dose levels with their tallies and latest decision, stopping rules, the
+        MTD estimate and the trial-level events in order."""
+        try:
+            trial: Trial = app.repository.get(trial_aggregate_id(trial_id))
+        except AggregateNotFoundError:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, NOT_FOUND) from None
+        protocol = app.trial_protocol(trial_id)
+        events = [
+            e.to_contract().to_wire()
+            for e in app.repository.event_store.get(trial_aggregate_id(trial_id))
+            if isinstance(e, SafetyEventRecorded)
+        ]
+        latest: dict[tuple[str, str | None], dict[str, Any]] = {}
+        for event in events:
+            latest[(event["type"], event["data"].get("dose_level"))] = event
+        doses = []
+        for level in protocol.dose_levels:
+            try:
+                aggregate: DoseLevel = app.repository.get(
+                    dose_level_aggregate_id(trial_id, level.id)
+                )
+                tally = aggregate.tally
+            except AggregateNotFoundError:
+                tally = {}
+            doses.append(
+                DoseLevelOut(
+                    dose_level=level.id,
+                    cells_per_kg=level.cells_per_kg,
+                    tally=tally,
+                    latest_decision=latest.get(("dose.decision", level.id)),
+                )
+            )
+        paused = resumed = ""
+        for event in events:
+            if event["type"] == "enrollment.paused":
+                paused = event["effective_at"]
+            elif event["type"] == "enrollment.resumed":
+                resumed = event["effective_at"]
+        return TrialStatusOut(
+            trial_id=trial.trial_id,
+            protocol_version=protocol.version,
+            enrollment_paused=bool(paused) and paused > resumed,
+            dose_levels=doses,
+            stopping_rules=[e for e in events if e["type"] == "stopping_rule.triggered"],
+            mtd=next((e for e in reversed(events) if e["type"] == "mtd.estimated"), None),
+            events=events,
+        )
+
+    # ------------------------------------------------------------ event stream
+
+    @api.get("/events", tags=["events"])
+    def derived_events(
+        who: Annotated[Principal, reader(Permission.READ_EVENTS)],
+        after: Annotated[int, Query(ge=0)] = 0,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+        type_: Annotated[str | None, Query(alias="type", max_length=64)] = None,
+    ) -> EventPage:
+        """Derived safety events in log order after a position (page with
+        ``next_after``)."""
+        notifications = app.safety_notifications(after, limit)
+        page: list[PositionedEvent] = []
+        if who.role == "site":
+            views.refresh()
+        for notification in notifications:
+            event: Any = app.mapper.to_domain_event(notification)
+            contract = event.to_contract()
+            if type_ is not None and contract.type != type_:
+                continue
+            if not who.sees_site(_site_of(views, contract)):
+                continue
+            page.append(PositionedEvent(position=notification.id, event=contract.to_wire()))
+        return EventPage(events=page, next_after=notifications[-1].id if notifications else after)
+
+    # ------------------------------------------------------------ tokens
+
+    @api.get("/tokens", tags=["tokens"])
+    def list_tokens(who: Annotated[Principal, reader(Permission.READ_TOKENS)]) -> list[TokenOut]:
+        return [_token_out(info) for info in tokens.list()]
+
+    @api.post("/tokens", tags=["tokens"], status_code=status.HTTP_201_CREATED)
+    def create_token(
+        body: TokenRequest, who: Annotated[Principal, reader(Permission.MANAGE_TOKENS)]
+    ) -> IssuedTokenOut:
+        """Issue a token; its secret is in this response only."""
+        from domain.access import AccessError
+
+        try:
+            issued = tokens.create(
+                body.role,
+                name=body.name,
+                site_id=body.site_id,
+                expires_at=body.expires_at,
+                created_by=f"{who.name} (token {who.token_id})",
+                reason=body.reason,
+                now=now(),
+            )
+        except AccessError as error:
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(error)) from None
+        return IssuedTokenOut(token=issued.token, **_token_out(issued.info).model_dump())
+
+    @api.post("/tokens/{token_id}/revoke", tags=["tokens"])
+    def revoke_token(
+        token_id: str,
+        body: Revocation,
+        who: Annotated[Principal, reader(Permission.MANAGE_TOKENS)],
+    ) -> TokenOut:
+        from domain.access import AccessError
+
+        try:
+            info = tokens.revoke(
+                token_id, by=f"{who.name} (token {who.token_id})", reason=body.reason, now=now()
+            )
+        except NoSuchToken:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, NOT_FOUND) from None
+        except AccessError as error:
+            raise HTTPException(status.HTTP_409_CONFLICT, str(error)) from None
+        return _token_out(info)
+
+    api.state.read_models = views
+    api.state.stop = stop
+    return api
+
+
+def _token_out(info: Any) -> TokenOut:
+    return TokenOut(
+        token_id=info.token_id,
+        name=info.name,
+        role=info.role,
+        site_id=info.site_id,
+        expires_at=info.expires_at,
+        created_by=info.created_by,
+        created_at=info.created_at,
+        revoked_at=info.revoked_at,
+    )
+
+
+def _site_of(views: ReadModels, event: SafetyEvent) -> str | None:
+    if event.participant_id == TRIAL_LEVEL_PARTICIPANT:
+        return None
+    site = event.data.get("site_id") if event.type.startswith("alert.") else None
+    if isinstance(site, str):
+        return site
+    return views.participants.get((event.trial_id, event.participant_id), "?")
+
+
+def _participant_events(
+    app: SafetyMonitoring, trial_id: str, participant_id: str
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    clinical: list[dict[str, Any]] = []
+    derived: list[dict[str, Any]] = []
+    for event in app.repository.event_store.get(participant_aggregate_id(trial_id, participant_id)):
+        if isinstance(event, Participant.ClinicalEventRecorded):
+            if event.event["type"] != "clock.ticked":
+                clinical.append(event.event)
+        elif isinstance(event, SafetyEventRecorded):
+            derived.append(event.to_contract().to_wire())
+    return clinical, derived
+
+
+def _evidence(app: SafetyMonitoring, row: AlertRow) -> list[EvidenceOut]:
+    """The evidence ids of an alert resolved to the stored events they name."""
+    found: dict[str, EvidenceOut] = {}
+    if row.participant_id == TRIAL_LEVEL_PARTICIPANT:
+        originator: UUID = trial_aggregate_id(row.trial_id)
+    else:
+        originator = participant_aggregate_id(row.trial_id, row.participant_id)
+    wanted = set(row.evidence)
+    for event in app.repository.event_store.get(originator):
+        if isinstance(event, Participant.ClinicalEventRecorded):
+            if event.event["event_id"] in wanted:
+                found[event.event["event_id"]] = EvidenceOut(
+                    event_id=event.event["event_id"], kind="clinical", event=event.event
+                )
+        elif isinstance(event, SafetyEventRecorded):
+            contract = event.to_contract()
+            if contract.event_id in wanted:
+                found[contract.event_id] = EvidenceOut(
+                    event_id=contract.event_id, kind="derived", event=contract.to_wire()
+                )
+    return [
+        found.get(event_id, EvidenceOut(event_id=event_id, kind="unresolved", event=None))
+        for event_id in row.evidence
+    ]
