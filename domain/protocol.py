@@ -378,7 +378,7 @@ class AlertRules(_Section):
         _rule(
             "protocol_deviation",
             "protocol.deviation",
-            "{participant_id}:deviation:{key}",
+            "{participant_id}:{key}",
             "Protocol deviation: {rule}",
             unless={"rule": ["duplicate_infusion"]},
             severity="high",
@@ -386,7 +386,7 @@ class AlertRules(_Section):
         _rule(
             "data_quality",
             "protocol.deviation",
-            "{participant_id}:deviation:{key}",
+            "{participant_id}:{key}",
             "Duplicate infusion recorded",
             when={"rule": "duplicate_infusion"},
             severity="medium",

@@ -106,7 +106,11 @@ def _severity(rule: AlertRule, grade: int | None) -> str | None:
 
 
 def findings(
-    event: Mapping[str, Any], rules: Sequence[AlertRule], *, site_id: str | None
+    event: Mapping[str, Any],
+    rules: Sequence[AlertRule],
+    *,
+    site_id: str | None,
+    dose_level: str | None = None,
 ) -> list[Finding]:
     """The findings of one contract event (derived §3 or clinical §2, as wire JSON).
 
@@ -131,7 +135,7 @@ def findings(
                 trial_id=fields["trial_id"],
                 participant_id=fields["participant_id"],
                 site_id=site_id,
-                dose_level=fields.get("dose_level"),
+                dose_level=fields.get("dose_level") or dose_level,
                 category=rule.category,
                 situation=_render(rule.situation, fields),
                 severity=severity,
@@ -210,6 +214,7 @@ class AlertBook:
     alerts: dict[str, _State] = field(default_factory=dict)
     clocks: dict[str, datetime] = field(default_factory=dict)
     sites: dict[tuple[str, str], str] = field(default_factory=dict)
+    doses: dict[tuple[str, str], str] = field(default_factory=dict)
     enrolled: set[tuple[str, str]] = field(default_factory=set)
     unknown_flagged: set[tuple[str, str]] = field(default_factory=set)
     awaiting_enrolment: dict[tuple[str, str], tuple[dict[str, Any], datetime]] = field(
@@ -225,17 +230,27 @@ class AlertBook:
     def on_safety_event(
         self, event: SafetyEvent, protocol: ProtocolParameters
     ) -> list[AlertCommand]:
-        site = self.sites.get((event.trial_id, event.participant_id))
-        wire = event.to_wire()
-        return self._raise_all(findings(wire, protocol.alert_rules.rules, site_id=site), protocol)
+        key = (event.trial_id, event.participant_id)
+        if event.dose_level and event.participant_id != TRIAL_LEVEL_PARTICIPANT:
+            self.doses[key] = event.dose_level
+        found = findings(
+            event.to_wire(),
+            protocol.alert_rules.rules,
+            site_id=self.sites.get(key),
+            dose_level=self.doses.get(key),
+        )
+        return self._raise_all(found, protocol)
 
     def on_clinical_event(
         self, wire: Mapping[str, Any], protocol: ProtocolParameters
     ) -> list[AlertCommand]:
         key = (wire["trial_id"], wire["participant_id"])
-        self.sites.setdefault(key, wire["site_id"])
-        site = self.sites[key]
-        found = findings(wire, protocol.alert_rules.rules, site_id=site)
+        if wire["participant_id"] != TRIAL_LEVEL_PARTICIPANT:
+            self.sites.setdefault(key, wire["site_id"])
+        site = self.sites.get(key)
+        found = findings(
+            wire, protocol.alert_rules.rules, site_id=site, dose_level=self.doses.get(key)
+        )
         if wire["type"] == "participant.enrolled":
             self.enrolled.add(key)
             self.awaiting_enrolment.pop(key, None)
@@ -300,7 +315,7 @@ class AlertBook:
             if key[0] == trial_id and at >= since + grace:
                 del self.awaiting_enrolment[key]
                 self.unknown_flagged.add(key)
-                finding = _unknown_participant(wire, self.sites[key], protocol.alert_rules)
+                finding = _unknown_participant(wire, self.sites.get(key), protocol.alert_rules)
                 commands.extend(self._raise_all([finding], protocol))
         for alert_id in sorted(self.alerts):
             state = self.alerts[alert_id]
@@ -373,7 +388,7 @@ def _rises(before: Finding, after: Finding) -> bool:
     return after.grade is not None and (before.grade is None or after.grade > before.grade)
 
 
-def _unknown_participant(wire: Mapping[str, Any], site: str, params: AlertRules) -> Finding:
+def _unknown_participant(wire: Mapping[str, Any], site: str | None, params: AlertRules) -> Finding:
     return Finding(
         trial_id=wire["trial_id"],
         participant_id=wire["participant_id"],
@@ -415,6 +430,7 @@ class Alert(Aggregate):
             alert = cast(Alert, aggregate)
             alert.revision = self.data["revision"]
             alert.severity = self.data["severity"]
+            alert.dose_level = self.dose_level or alert.dose_level
 
     class Acknowledged(SafetyEventRecorded):
         contract_type = "alert.acknowledged"
@@ -435,6 +451,7 @@ class Alert(Aggregate):
         self.situation = situation
         self.revision = 0
         self.severity = "info"
+        self.dose_level: str | None = None
         self.acknowledged_revision = 0
 
     @classmethod
@@ -491,7 +508,7 @@ class Alert(Aggregate):
             self.Acknowledged,
             trial_id=self.trial_id,
             participant_id=self.participant_id,
-            dose_level=None,
+            dose_level=self.dose_level,
             effective_at=at,
             caused_by=[],
             data={
@@ -508,7 +525,7 @@ class Alert(Aggregate):
             self.Escalated,
             trial_id=self.trial_id,
             participant_id=self.participant_id,
-            dose_level=None,
+            dose_level=self.dose_level,
             effective_at=command.at,
             caused_by=[],
             data={

@@ -26,7 +26,7 @@ from eventsourcing.utils import get_topic
 from domain.errors import NotFound
 from domain.participant import Participant, SafetyEventRecorded
 from domain.protocol import ProtocolParameters
-from domain.records import IngestLedger, TrialClock
+from domain.records import IngestLedger, TrialClock, TrialLog
 from infra.store import TRACKINGS
 from projections.alerts import (
     ALERT_EVENT_CLASSES,
@@ -50,6 +50,7 @@ INPUT_TOPICS = (
     get_topic(IngestLedger.MessageRejected),
     get_topic(TrialClock.Ticked),
     get_topic(Alert.Acknowledged),
+    get_topic(TrialLog.ProtocolActivated),
 )
 
 
@@ -72,7 +73,6 @@ class AlertDesk:
         notifications = self._select(self._folded_to)
         if not notifications:
             return 0
-        self._protocols.clear()
         pending: dict[str, Alert] = {}
         for notification in notifications:
             for command in self._observe(notification):
@@ -113,6 +113,7 @@ class AlertDesk:
     def _reset(self) -> None:
         self.book = AlertBook()
         self._folded_to = 0
+        self._protocols = {}
 
     def _catch_up(self) -> None:
         """Fold, without saving, what was decided before the tracked position."""
@@ -121,7 +122,6 @@ class AlertDesk:
             notifications = [n for n in self._select(self._folded_to) if n.id <= target]
             if not notifications:
                 break
-            self._protocols.clear()
             for notification in notifications:
                 for _ in self._observe(notification):
                     pass
@@ -138,6 +138,11 @@ class AlertDesk:
     def _observe(self, notification: Notification) -> list[AlertCommand]:
         event: Any = self.app.mapper.to_domain_event(notification)
         book = self.book
+        if isinstance(event, TrialLog.ProtocolActivated):
+            # The rules in force from here on in the log (architecture decision 3).
+            protocol = ProtocolParameters.model_validate(event.parameters)
+            self._protocols[protocol.trial_id] = protocol
+            return []
         if isinstance(event, Alert.Acknowledged):
             book.on_acknowledged(event.data["alert_id"], event.data["revision"])
             return []
@@ -179,9 +184,8 @@ class AlertDesk:
             alert.escalate(command)
 
     def _protocol(self, trial_id: str) -> ProtocolParameters:
-        if trial_id not in self._protocols:
-            self._protocols[trial_id] = self.app.trial_protocol(trial_id)
-        return self._protocols[trial_id]
+        """The protocol version in force at this point of the log."""
+        return self._protocols.get(trial_id, self.app.protocol)
 
 
 def acknowledge(

@@ -1,15 +1,19 @@
 """``toxwatch demo``: the whole pipeline embedded, fed by a simulated cohort.
 
 Starts the embedded broker (unless ``KAFKA_BOOTSTRAP_SERVERS`` names one), a fresh
-SQLite event store under the data folder, the ingest worker and the relay as child
-processes, streams a simulated LUCAR-G79 cohort in accelerated time, and shows a live
-feed of CRS grade changes read back from ``toxwatch.safety.v1``.
+SQLite event store under the data folder, and as child processes the ingest worker,
+the relay, the trial monitor, the alerts process, the dispatcher and the HTTP API;
+streams a simulated LUCAR-G79 cohort in accelerated time, and shows a live feed of
+the derived events read back from ``toxwatch.safety.v1`` and of the alerts as a local
+safety desk receives them: a signed webhook and a mailbox (a local SMTP server), both
+started by the demo. It prints the API's address with a ready monitor token.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -25,9 +29,11 @@ from rich.console import Console
 
 from infra.broker import EmbeddedBroker, ensure_topics, free_port
 from infra.kafka import reading_consumer, reliable_producer
+from infra.receivers import Delivery, SmtpSink, WebhookReceiver
 from infra.settings import Settings
 from services.bootstrap import build_application
 from services.simulator import CohortSpec, SimulatedMessage, simulate_cohort
+from services.tokens import TokenService
 
 TRIAL_LEVEL_KEY = b"-"
 FEED_TYPES = frozenset(
@@ -76,6 +82,8 @@ class _Progress:
     derived: int = 0
     crs_changes: int = 0
     rejected: int = 0
+    alerts_delivered: int = 0
+    mails: int = 0
     done_streaming: bool = False
 
 
@@ -96,7 +104,15 @@ def run_demo(settings: Settings, options: DemoOptions) -> int:
     children: list[subprocess.Popen[bytes]] = []
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    progress = _Progress()
+    secret = secrets.token_hex(32)
+    webhook = WebhookReceiver(
+        secret.encode(), on_delivery=lambda d: _show_delivery(console, d, progress)
+    )
+    mailbox = SmtpSink()
     try:
+        webhook.start()
+        mailbox.start()
         servers = settings.kafka_bootstrap_servers
         if not servers:
             broker = EmbeddedBroker(binary=settings.tansu_bin, log_path=run_dir / "broker.log")
@@ -115,8 +131,35 @@ def run_demo(settings: Settings, options: DemoOptions) -> int:
         }
         if protocol_file is not None:
             env["TOXWATCH_PROTOCOL_FILE"] = str(protocol_file)
+        api_port = free_port()
+        api_url = f"http://127.0.0.1:{api_port}"
+        env |= {
+            "TOXWATCH_ALERT_ENDPOINTS_FILE": str(_endpoints(run_dir, settings, webhook.url)),
+            "TOXWATCH_WEBHOOK_SECRET": secret,
+            "TOXWATCH_SMTP_HOST": "127.0.0.1",
+            "TOXWATCH_SMTP_PORT": str(mailbox.port),
+            "TOXWATCH_API_PORT": str(api_port),
+            "TOXWATCH_API_BASE_URL": api_url,
+            "TOXWATCH_DISPATCH_MAX_BACKOFF_SECONDS": "5",
+        }
         # Create the store's tables once, before the processes that share it start.
-        build_application(settings.model_copy(update={"data_dir": run_dir, "store": "sqlite"}))
+        app = build_application(
+            settings.model_copy(update={"data_dir": run_dir, "store": "sqlite"})
+        )
+        token = (
+            TokenService(app)
+            .create(
+                "monitor",
+                name="demo safety monitor",
+                created_by="toxwatch demo",
+                reason="demo",
+                now=datetime.now(UTC),
+            )
+            .token
+        )
+        app.close()
+        for command in ("alerts", "dispatcher", "api"):
+            children.append(_spawn(command, env, run_dir))
         children.append(
             _spawn("worker", env | {"TOXWATCH_METRICS_PORT": str(metrics_port)}, run_dir)
         )
@@ -131,8 +174,18 @@ def run_demo(settings: Settings, options: DemoOptions) -> int:
             f"http://127.0.0.1:{relay_port}/metrics (relay)"
         )
         console.print(f"logs        {run_dir}")
+        console.print(f"API         {api_url}/docs   (OpenAPI: {api_url}/openapi.json)")
+        console.print(f"token       {token}   (role monitor)")
+        console.print(
+            f"try         curl -H 'Authorization: Bearer {token}' '{api_url}/alerts?status=open'"
+        )
+        console.print(f"live feed   curl -N -H 'Authorization: Bearer …' {api_url}/alerts/stream")
+        console.print(
+            f"alerts to   webhook {webhook.url} (HMAC-signed), mailbox smtp://127.0.0.1:"
+            f"{mailbox.port}, Kafka {settings.alerts_topic}"
+        )
         messages = cohort_ending_now(options, datetime.now(UTC))
-        progress = _Progress(total=len(messages))
+        progress.total = len(messages)
         console.print(
             f"streaming {len(messages)} messages of {options.participants} participants "
             f"over ~{options.stream_seconds:g} s; Ctrl-C stops"
@@ -151,9 +204,65 @@ def run_demo(settings: Settings, options: DemoOptions) -> int:
         console.print("stopping…")
         for child in children:
             _terminate(child)
+        webhook.stop()
+        mailbox.stop()
         if broker is not None:
             broker.stop()
+        console.print(
+            f"{progress.alerts_delivered} alert messages delivered to the webhook, "
+            f"{len(mailbox.messages)} mails received"
+        )
     return 0
+
+
+def _endpoints(run_dir: Path, settings: Settings, webhook_url: str) -> Path:
+    """The demo's delivery endpoints: Kafka for integrations, the local safety desk's
+    webhook, and the on-call mailbox for what reaches e-mail (critical, escalations)."""
+    path = run_dir / "alert-endpoints.toml"
+    path.write_text(
+        f"""[[endpoints]]
+id = "integrations"
+kind = "kafka"
+topic = "{settings.alerts_topic}"
+
+[[endpoints]]
+id = "safety-desk"
+kind = "webhook"
+url = "{webhook_url}"
+
+[[endpoints]]
+id = "on-call-mail"
+kind = "email"
+to = ["safety-desk@sponsor.example"]
+roles = ["safety_monitor", "medical_monitor", "principal_investigator", "src_chair"]
+"""
+    )
+    return path
+
+
+_SEVERITY_STYLE = {"critical": "bold white on red", "high": "bold red", "medium": "yellow"}
+
+
+def _show_delivery(console: Console, delivery: Delivery, progress: _Progress) -> None:
+    """One alert message as the safety desk's webhook received it."""
+    progress.alerts_delivered += 1
+    event = delivery.body
+    data = event.get("data", {})
+    severity = str(data.get("severity", "info"))
+    style = _SEVERITY_STYLE.get(severity, "cyan")
+    who = event.get("participant_id", "?")
+    if event.get("type") == "alert.escalated":
+        text = f"ESCALATED to {data.get('to')} ({data.get('overdue_minutes')} min unacknowledged)"
+    elif event.get("type") == "alert.acknowledged":
+        text = f"acknowledged by {data.get('by')}"
+    else:
+        revision = data.get("revision", 1)
+        text = f"{data.get('title')}" + (f" (revision {revision})" if revision != 1 else "")
+    signed = "signed ✓" if delivery.valid else "BAD SIGNATURE"
+    console.print(
+        f"[{style}]ALERT {severity.upper()}[/{style}] {data.get('category')} {who}: {text} "
+        f"[dim]webhook, {signed}[/dim]"
+    )
 
 
 def _spawn(command: str, env: dict[str, str], run_dir: Path) -> subprocess.Popen[bytes]:
@@ -252,7 +361,7 @@ def _feed(
                 console.print(
                     f"[dim]produced {progress.produced}/{progress.total} · derived "
                     f"{progress.derived} · CRS events {progress.crs_changes} · rejected "
-                    f"{progress.rejected}[/dim]"
+                    f"{progress.rejected} · alerts delivered {progress.alerts_delivered}[/dim]"
                 )
             for child in children:
                 if child.poll() is not None:

@@ -42,6 +42,8 @@ def trial_state(events: list[dict[str, Any]]) -> dict[str, tuple[str, str, dict[
     withdrawn."""
     state = {}
     for event in events:
+        if event["type"].startswith("alert."):
+            continue  # only a running ``toxwatch alerts`` publishes them
         data = dict(event["data"])
         key = data.get("key", "")
         if event["participant_id"] != "-" and not key.startswith("trial-deviation:"):
