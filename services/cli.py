@@ -436,6 +436,21 @@ def bench_ingest(
     run_ingest_bench(events=events, stores=stores, runs=runs, out=out)
 
 
+@bench_app.command("alerts")
+def bench_alerts(
+    rates: Annotated[
+        list[int] | None, typer.Option("--rate", help="Background clinical events/s (repeat).")
+    ] = None,
+    seconds: Annotated[float, typer.Option(help="Load duration per rate.")] = 20.0,
+    probes_per_s: Annotated[float, typer.Option(help="Alert-raising probes per second.")] = 2.0,
+    out: Annotated[Path | None, typer.Option(help="Write the results as JSON.")] = None,
+) -> None:
+    """Latency from a clinical event produced to its alert on a webhook, under load."""
+    from services.bench_alerts import run_alert_bench
+
+    run_alert_bench(rates=rates or [100, 1000], seconds=seconds, probes_per_s=probes_per_s, out=out)
+
+
 def main() -> None:
     logging.basicConfig(
         level=os.environ.get("TOXWATCH_LOG_LEVEL", "WARNING"),
