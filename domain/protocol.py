@@ -241,7 +241,8 @@ class AlertRule(_Section):
     ``unless`` compare fields of the event (envelope or ``data``) with a value or a
     list of values. ``situation`` and ``title`` are ``str.format`` templates over the
     same fields; events of one category and situation share one alert, whose
-    severity only rises."""
+    severity only rises. A ``resolves`` rule ends its situation's alert instead (the
+    title is the reason)."""
 
     category: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
     on: tuple[str, ...] = Field(min_length=1)
@@ -254,10 +255,17 @@ class AlertRule(_Section):
     )
     situation: str
     title: str
+    resolves: bool = Field(
+        default=False,
+        description="the event ends the situation: its open alert stops escalating",
+    )
 
     @model_validator(mode="after")
     def check_one_severity(self) -> AlertRule:
-        if (self.severity is None) == (not self.severity_by_grade):
+        given = (self.severity is not None) + bool(self.severity_by_grade)
+        if self.resolves and given:
+            raise ValueError(f"alert rule {self.category}: a resolving rule has no severity")
+        if not self.resolves and given != 1:
             raise ValueError(f"alert rule {self.category}: give severity or severity_by_grade")
         return self
 
@@ -293,6 +301,13 @@ class AlertRules(_Section):
             severity_by_grade={2: "high", 3: "critical"},
         ),
         _rule(
+            "crs",
+            "crs.resolved",
+            "{participant_id}:crs:{episode}",
+            "CRS episode {episode} resolved (max grade {max_grade})",
+            resolves=True,
+        ),
+        _rule(
             "icans",
             "icans.graded",
             "{participant_id}:icans:{episode}",
@@ -310,6 +325,13 @@ class AlertRules(_Section):
             severity_by_grade={1: "high", 3: "critical"},
         ),
         _rule(
+            "icans",
+            "icans.resolved",
+            "{participant_id}:icans:{episode}",
+            "ICANS episode {episode} resolved (max grade {max_grade})",
+            resolves=True,
+        ),
+        _rule(
             "dlt",
             "dlt.candidate",
             "{participant_id}:dlt:{candidate_id}",
@@ -324,11 +346,27 @@ class AlertRules(_Section):
             severity="critical",
         ),
         _rule(
+            "dlt",
+            "dlt.ruled_out",
+            "{participant_id}:dlt:{candidate_id}",
+            "DLT ruled out: {reason}",
+            resolves=True,
+        ),
+        _rule(
             "stopping_rule",
             "stopping_rule.triggered",
             "{rule_id}:{scope}",
             "Stopping boundary crossed: {rule_id} ({y}/{n})",
+            unless={"withdrawn": True},
             severity="critical",
+        ),
+        _rule(
+            "stopping_rule",
+            "stopping_rule.triggered",
+            "{rule_id}:{scope}",
+            "Stopping finding withdrawn (later outcomes): {rule_id}",
+            when={"withdrawn": True},
+            resolves=True,
         ),
         _rule(
             "stopping_rule",
@@ -343,7 +381,16 @@ class AlertRules(_Section):
             "{dose_level}:{decision}",
             "Dose level {dose_level}: {decision}",
             when={"decision": "eliminate"},
+            unless={"withdrawn": True},
             severity="high",
+        ),
+        _rule(
+            "dose_decision",
+            "dose.decision",
+            "{dose_level}:{decision}",
+            "Decision withdrawn (later outcomes): {dose_level} {decision}",
+            when={"decision": "eliminate", "withdrawn": True},
+            resolves=True,
         ),
         _rule(
             "iechs",

@@ -18,9 +18,10 @@ read model the API lists and filters.
 from __future__ import annotations
 
 import string
+from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, cast
 from uuid import UUID, uuid5
 
@@ -59,6 +60,7 @@ class Finding:
     effective_at: datetime
     evidence: tuple[str, ...]
     grade: int | None = None
+    resolves: bool = False
 
     @property
     def alert_id(self) -> str:
@@ -126,7 +128,7 @@ def findings(
         grade = _grade(fields)
         if rule.min_grade is not None and (grade is None or grade < rule.min_grade):
             continue
-        severity = _severity(rule, grade)
+        severity = "info" if rule.resolves else _severity(rule, grade)
         if severity is None:
             continue
         at = fields.get("effective_at") or fields["occurred_at"]
@@ -143,6 +145,7 @@ def findings(
                 effective_at=at if isinstance(at, datetime) else datetime.fromisoformat(at),
                 evidence=_unique((fields["event_id"], *(fields.get("caused_by") or ()))),
                 grade=grade,
+                resolves=rule.resolves,
             )
         )
     return found
@@ -187,18 +190,33 @@ class EscalateAlert:
     overdue_minutes: float
 
 
-AlertCommand = RaiseAlert | EscalateAlert
+@dataclass(frozen=True)
+class ResolveAlert:
+    """The situation is over (a CRS episode resolved, a DLT candidate ruled out, a
+    trial finding withdrawn): the alert no longer escalates."""
+
+    alert_id: str
+    reason: str
+    at: datetime
+    evidence: tuple[str, ...]
+    notify: tuple[str, ...]
+    channels: tuple[str, ...]
+
+
+AlertCommand = RaiseAlert | EscalateAlert | ResolveAlert
 
 
 @dataclass
 class _State:
     command: RaiseAlert
     acknowledged_revision: int = 0
+    resolved_revision: int = 0
     level: int = 0
 
     @property
     def open(self) -> bool:
-        return self.acknowledged_revision < self.command.revision
+        revision = self.command.revision
+        return self.acknowledged_revision < revision and self.resolved_revision < revision
 
     def escalation_due(self) -> datetime | None:
         minutes = self.command.acknowledge_within_minutes
@@ -220,7 +238,8 @@ class AlertBook:
     awaiting_enrolment: dict[tuple[str, str], tuple[dict[str, Any], datetime]] = field(
         default_factory=dict
     )
-    rejections: dict[tuple[str, datetime], int] = field(default_factory=dict)
+    rejections: dict[str, deque[datetime]] = field(default_factory=dict)
+    last_burst: dict[str, datetime] = field(default_factory=dict)
 
     # -------------------------------------------------------------- inputs
 
@@ -272,16 +291,22 @@ class AlertBook:
         code: str,
         protocol: ProtocolParameters,
     ) -> list[AlertCommand]:
-        """A rejected message: a burst of them in one window is a data-quality alert."""
+        """A rejected message: ``rejected_burst_count`` of them within a sliding window
+        of ``rejected_burst_window_minutes`` is a data-quality alert (one per window)."""
         params = protocol.alert_rules
         window = timedelta(minutes=params.rejected_burst_window_minutes)
-        epoch = datetime(2000, 1, 1, tzinfo=UTC)
-        start = epoch + window * ((received_at - epoch) // window)
-        count = self.rejections.get((trial_id, start), 0) + 1
-        self.rejections = {k: v for k, v in self.rejections.items() if k[1] >= start - window}
-        self.rejections[(trial_id, start)] = count
-        if count != params.rejected_burst_count:
+        recent = self.rejections.setdefault(trial_id, deque())
+        recent.append(received_at)
+        while recent and recent[0] < received_at - window:
+            recent.popleft()
+        count = len(recent)
+        last = self.last_burst.get(trial_id)
+        if count < params.rejected_burst_count or (
+            last is not None and received_at < last + window
+        ):
             return []
+        self.last_burst[trial_id] = received_at
+        start = recent[0]
         finding = Finding(
             trial_id=trial_id,
             participant_id=TRIAL_LEVEL_PARTICIPANT,
@@ -346,10 +371,25 @@ class AlertBook:
     ) -> list[AlertCommand]:
         commands: list[AlertCommand] = []
         for finding in found:
-            command = self._raise(finding, protocol)
+            command = self._resolve(finding) if finding.resolves else self._raise(finding, protocol)
             if command is not None:
                 commands.append(command)
         return commands
+
+    def _resolve(self, finding: Finding) -> ResolveAlert | None:
+        state = self.alerts.get(finding.alert_id)
+        if state is None or state.resolved_revision >= state.command.revision:
+            return None
+        state.resolved_revision = state.command.revision
+        raised = state.command
+        return ResolveAlert(
+            alert_id=finding.alert_id,
+            reason=finding.title,
+            at=finding.effective_at,
+            evidence=finding.evidence,
+            notify=raised.notify,
+            channels=raised.channels,
+        )
 
     def _raise(self, finding: Finding, protocol: ProtocolParameters) -> RaiseAlert | None:
         state = self.alerts.get(finding.alert_id)
@@ -440,6 +480,9 @@ class Alert(Aggregate):
 
     class Escalated(SafetyEventRecorded):
         contract_type = "alert.escalated"
+
+    class Resolved(SafetyEventRecorded):
+        contract_type = "alert.resolved"
 
     def __init__(
         self, trial_id: str, participant_id: str, site_id: str | None, category: str, situation: str
@@ -541,6 +584,27 @@ class Alert(Aggregate):
             },
         )
 
+    def resolve(self, command: ResolveAlert) -> None:
+        self.trigger_event(
+            self.Resolved,
+            trial_id=self.trial_id,
+            participant_id=self.participant_id,
+            dose_level=self.dose_level,
+            effective_at=command.at,
+            caused_by=list(command.evidence),
+            data={
+                "alert_id": self.alert_id,
+                "revision": self.revision,
+                "severity": self.severity,
+                "category": self.category,
+                "reason": command.reason,
+                "evidence": list(command.evidence),
+                "site_id": self.site_id,
+                "notify": list(command.notify),
+                "channels": list(command.channels),
+            },
+        )
+
     def check_revision(self, revision: int | None) -> None:
         if revision is not None and revision != self.revision:
             raise AlertRevisionChanged(
@@ -554,7 +618,7 @@ class Alert(Aggregate):
             )
 
 
-ALERT_EVENT_CLASSES = (Alert.Raised, Alert.Acknowledged, Alert.Escalated)
+ALERT_EVENT_CLASSES = (Alert.Raised, Alert.Acknowledged, Alert.Escalated, Alert.Resolved)
 
 
 # ---------------------------------------------------------------- read model
@@ -581,6 +645,7 @@ class AlertRow:
     acknowledged_at: datetime | None = None
     acknowledgement_comment: str | None = None
     escalated_to: list[str] = field(default_factory=list)
+    resolution: str | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -618,13 +683,18 @@ class AlertsView:
             row.evidence = evidence
             row.dose_level = event.dose_level or row.dose_level
             row.status = "open"
+            row.resolution = None
         elif row is not None and event.type == "alert.acknowledged":
-            row.status = "acknowledged"
+            if row.status != "resolved":
+                row.status = "acknowledged"
             row.acknowledged_by = cast(str, data["by"])
             row.acknowledged_at = event.effective_at
             row.acknowledgement_comment = cast(str, data.get("comment") or "")
         elif row is not None and event.type == "alert.escalated":
             row.escalated_to.append(cast(str, data["to"]))
+        elif row is not None and event.type == "alert.resolved":
+            row.status = "resolved"
+            row.resolution = cast(str, data["reason"])
         if row is not None:
             row.history.append({"position": position, **event.to_wire()})
         self.position = max(self.position, position)

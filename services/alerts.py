@@ -74,12 +74,15 @@ class AlertDesk:
         if not notifications:
             return 0
         pending: dict[str, Alert] = {}
+        decided: list[Any] = []  # the new events, in the order they were decided
         for notification in notifications:
             for command in self._observe(notification):
-                self._execute(command, pending)
+                decided.extend(self._execute(command, pending))
+        for alert in pending.values():
+            alert.collect_events()
         tracking = Tracking(ALERTS_TRACKING, notifications[-1].id)
         try:
-            self.app.save(*pending.values(), **{TRACKINGS: [tracking]})
+            self.app.save(*decided, **{TRACKINGS: [tracking]})
         except IntegrityError:
             # An acknowledgement landed on one of these alerts meanwhile: forget
             # this pass and fold again from the stored position.
@@ -167,21 +170,31 @@ class AlertDesk:
             )
         return []
 
-    def _execute(self, command: AlertCommand, pending: dict[str, Alert]) -> None:
+    def _execute(self, command: AlertCommand, pending: dict[str, Alert]) -> list[Any]:
+        """Apply a command to its alert; the events it triggered."""
         alert = pending.get(command.alert_id)
         if alert is None:
             try:
                 alert = self.app.repository.get(Alert.id_for(command.alert_id))
             except AggregateNotFoundError:
                 if not isinstance(command, RaiseAlert):
-                    log.error("escalation of unknown alert %s", command.alert_id)
-                    return
+                    log.error("%s of unknown alert %s", type(command).__name__, command.alert_id)
+                    return []
                 alert = Alert.open(command.finding)
-            pending[command.alert_id] = alert
+                pending[command.alert_id] = alert
+                before = 0  # the new alert's Opened event goes first
+            else:
+                pending[command.alert_id] = alert
+                before = len(alert.pending_events)
+        else:
+            before = len(alert.pending_events)
         if isinstance(command, RaiseAlert):
             alert.raise_revision(command)
         elif isinstance(command, EscalateAlert):
             alert.escalate(command)
+        else:
+            alert.resolve(command)
+        return list(alert.pending_events[before:])
 
     def _protocol(self, trial_id: str) -> ProtocolParameters:
         """The protocol version in force at this point of the log."""

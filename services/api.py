@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 ALERT_TOPICS = tuple(get_topic(cls) for cls in ALERT_EVENT_CLASSES)
 _VIEW_TOPICS = (*ALERT_TOPICS, get_topic(Participant.Registered))
 NOT_FOUND = "not found"
+#: The largest log position a store can hold (a signed 64-bit integer).
+MAX_POSITION = 2**63 - 1
 
 
 # ---------------------------------------------------------------- read models
@@ -128,7 +130,7 @@ class AlertOut(BaseModel):
     severity: Literal["critical", "high", "medium", "info"]
     title: str
     revision: int
-    status: Literal["open", "acknowledged"]
+    status: Literal["open", "acknowledged", "resolved"]
     effective_at: datetime
     raised_at: datetime
     evidence: list[str]
@@ -136,6 +138,7 @@ class AlertOut(BaseModel):
     acknowledged_at: datetime | None
     acknowledgement_comment: str | None
     escalated_to: list[str]
+    resolution: str | None
 
     @classmethod
     def of(cls, row: AlertRow) -> "AlertOut":
@@ -325,7 +328,9 @@ def create_app(
     @api.get("/alerts", tags=["alerts"])
     def list_alerts(
         who: Annotated[Principal, reader(Permission.READ_ALERTS)],
-        status_: Annotated[Literal["open", "acknowledged"] | None, Query(alias="status")] = None,
+        status_: Annotated[
+            Literal["open", "acknowledged", "resolved"] | None, Query(alias="status")
+        ] = None,
         severity: Literal["critical", "high", "medium", "info"] | None = None,
         category: Annotated[str | None, Query(max_length=64)] = None,
         trial_id: Annotated[str | None, Query(max_length=64)] = None,
@@ -346,7 +351,7 @@ def create_app(
     async def alert_stream(
         request: Request,
         who: Annotated[Principal, reader(Permission.READ_ALERTS)],
-        after: Annotated[int | None, Query(ge=0)] = None,
+        after: Annotated[int | None, Query(ge=0, le=MAX_POSITION)] = None,
         last_event_id: Annotated[str | None, Header()] = None,
     ) -> EventSourceResponse:
         """The live feed (server-sent events): alert events as they are stored. Each
@@ -354,7 +359,7 @@ def create_app(
         ``after``) to resume without a gap. Without either, it starts from now."""
         start = after
         if start is None and last_event_id and last_event_id.isdigit():
-            start = int(last_event_id)
+            start = min(int(last_event_id), MAX_POSITION)
         if start is None:
             start = app.recorder.max_notification_id() or 0
 
@@ -529,7 +534,7 @@ def create_app(
     @api.get("/events", tags=["events"])
     def derived_events(
         who: Annotated[Principal, reader(Permission.READ_EVENTS)],
-        after: Annotated[int, Query(ge=0)] = 0,
+        after: Annotated[int, Query(ge=0, le=MAX_POSITION)] = 0,
         limit: Annotated[int, Query(ge=1, le=1000)] = 200,
         type_: Annotated[str | None, Query(alias="type", max_length=64)] = None,
     ) -> EventPage:

@@ -11,8 +11,8 @@ delays delivery, in order, and never loses it. If the process dies between a sen
 its commit, the event is sent again with the same idempotency key (``event_id``):
 the webhook's ``Idempotency-Key``, the mail's ``Message-ID``.
 
-Routing: ``alert.raised`` goes to endpoints whose kind is one of the alert's
-``channels`` and whose roles meet its ``notify``; ``alert.escalated`` goes to
+Routing: ``alert.raised`` (and ``alert.resolved``) goes to endpoints whose kind is one
+of the alert's ``channels`` and whose roles meet its ``notify``; ``alert.escalated`` goes to
 endpoints serving the role escalated to; integrations (endpoints without roles)
 receive every raise, escalation and acknowledgement. Site-scoped endpoints receive
 their sites' alerts and trial-level ones. The live feed is served by the API from
@@ -68,7 +68,7 @@ class Endpoint(BaseModel):
         site = data.get("site_id")
         if self.sites is not None and site is not None and site not in self.sites:
             return False
-        if alert.type == "alert.raised":
+        if alert.type in ("alert.raised", "alert.resolved"):
             channels = data.get("channels") or []
             notify = data.get("notify") or []
             return self.kind in channels and (

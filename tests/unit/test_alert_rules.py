@@ -25,6 +25,7 @@ from projections.alerts import (
     AlertCommand,
     EscalateAlert,
     RaiseAlert,
+    ResolveAlert,
     alert_id_for,
     findings,
 )
@@ -525,7 +526,7 @@ def reject(book: AlertBook, count: int, *, start: datetime, every: timedelta) ->
     ]
 
 
-BURST_START = datetime(2026, 3, 3, 1, 0, tzinfo=UTC)  # the start of a 15-min window
+BURST_START = datetime(2026, 3, 3, 1, 0, tzinfo=UTC)
 
 
 def test_ten_rejections_within_15_minutes_raise_one_data_quality_alert(
@@ -547,6 +548,93 @@ def test_twenty_rejections_in_one_window_still_raise_one_alert(book: AlertBook) 
     # Decision 8: one alert per situation (the burst's window).
     commands = reject(book, 20, start=BURST_START, every=timedelta(seconds=30))
     assert len(commands) == 1
+
+
+def test_ten_rejections_across_a_quarter_hour_boundary_are_one_burst(book: AlertBook) -> None:
+    # The window slides: ten within 15 minutes, wherever they fall on the clock.
+    start = BURST_START - timedelta(minutes=2)
+    assert len(reject(book, 10, start=start, every=timedelta(seconds=20))) == 1
+
+
+def test_rejections_spread_thinner_than_the_window_never_alert(book: AlertBook) -> None:
+    # Ten within any 15 minutes is the burst; one every 2 minutes is seven per window.
+    assert reject(book, 40, start=BURST_START, every=timedelta(minutes=2)) == []
+
+
+def test_a_second_burst_after_the_window_raises_a_second_alert(book: AlertBook) -> None:
+    first = reject(book, 10, start=BURST_START, every=timedelta(seconds=10))
+    second = reject(book, 10, start=BURST_START + timedelta(hours=1), every=timedelta(seconds=10))
+    assert len(first) == len(second) == 1
+    assert first[0].alert_id != second[0].alert_id
+
+
+# ---------------------------------------------------------------- resolution
+
+
+def resolved(commands: list[AlertCommand]) -> ResolveAlert:
+    assert len(commands) == 1, commands
+    command = commands[0]
+    assert isinstance(command, ResolveAlert), command
+    return command
+
+
+def test_a_resolved_crs_episode_resolves_its_alert_which_then_never_escalates(
+    book: AlertBook,
+) -> None:
+    # alert_rules: crs.resolved resolves the episode's alert; decision 8: a situation
+    # that is over is not escalated to the next role.
+    alert = critical_at_t(book)
+    done = safety("crs.resolved", {"episode": 1, "max_grade": 3}, at=minutes(10))
+    command = resolved(book.on_safety_event(done, PROTOCOL))
+    assert command.alert_id == alert.alert_id
+    assert command.reason == "CRS episode 1 resolved (max grade 3)"
+    assert book.on_tick(TRIAL, minutes(60), PROTOCOL) == []
+
+
+def test_the_resolution_of_an_episode_without_an_alert_gives_no_command(
+    book: AlertBook,
+) -> None:
+    # A grade 1 CRS raised no alert; its resolution has nothing to resolve.
+    book.on_safety_event(crs(1), PROTOCOL)
+    done = safety("crs.resolved", {"episode": 1, "max_grade": 1}, at=minutes(10))
+    assert book.on_safety_event(done, PROTOCOL) == []
+
+
+def test_a_dlt_candidate_ruled_out_resolves_its_alert(book: AlertBook) -> None:
+    # alert_rules: dlt.ruled_out resolves the candidate's alert.
+    candidate = {"candidate_id": "DLT-x", "rule": "crs_grade_3_over_72h", "grade": 3}
+    alert = raise_one(safety("dlt.candidate", candidate), book)
+    ruled_out = safety("dlt.ruled_out", {**candidate, "reason": "resolved in 30 h"})
+    assert resolved(book.on_safety_event(ruled_out, PROTOCOL)).alert_id == alert.alert_id
+
+
+def test_a_withdrawn_stopping_finding_resolves_its_alert_instead_of_raising(
+    book: AlertBook,
+) -> None:
+    # The trial monitor republishes a finding the facts no longer imply with
+    # ``withdrawn``: the boundary is no longer crossed.
+    crossing = {"rule_id": "trial_dlt_rate_bayes", "scope": "trial", "n": 6, "y": 4}
+    alert = raise_one(safety("stopping_rule.triggered", crossing, participant_id="-"), book)
+    withdrawn = safety(
+        "stopping_rule.triggered", {**crossing, "withdrawn": True}, participant_id="-"
+    )
+    assert resolved(book.on_safety_event(withdrawn, PROTOCOL)).alert_id == alert.alert_id
+
+
+def test_a_higher_grade_after_resolution_reopens_the_alert(book: AlertBook) -> None:
+    alert = raise_one(crs(2), book)
+    book.on_safety_event(safety("crs.resolved", {"episode": 1, "max_grade": 2}), PROTOCOL)
+    reopened = raised(book.on_safety_event(crs(3, at=minutes(5)), PROTOCOL))
+    assert (reopened.alert_id, reopened.revision) == (alert.alert_id, 2)
+    assert escalations(book.on_tick(TRIAL, minutes(20), PROTOCOL))
+
+
+def test_a_resolving_rule_has_no_severity() -> None:
+    with pytest.raises(ValidationError, match="resolving rule"):
+        AlertRule(
+            category="crs", on=("crs.resolved",), situation="x", title="t",
+            resolves=True, severity="high",
+        )  # fmt: skip
 
 
 # ---------------------------------------------------------------- rules as data
