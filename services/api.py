@@ -28,6 +28,7 @@ from uuid import UUID
 from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.utils import get_topic
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, status
+from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field
 from sse_starlette.sse import EventSourceResponse
 
@@ -347,7 +348,12 @@ def create_app(
         )
         return [AlertOut.of(r) for r in rows if who.sees_site(r.site_id)][:limit]
 
-    @api.get("/alerts/stream", tags=["alerts"])
+    @api.get(
+        "/alerts/stream",
+        tags=["alerts"],
+        response_class=EventSourceResponse,
+        responses={200: {"content": {"text/event-stream": {}}, "description": "SSE"}},
+    )
     async def alert_stream(
         request: Request,
         who: Annotated[Principal, reader(Permission.READ_ALERTS)],
@@ -358,7 +364,7 @@ def create_app(
         message's id is its log position; reconnect with ``Last-Event-ID`` (or
         ``after``) to resume without a gap. Without either, it starts from now."""
         start = after
-        if start is None and last_event_id and last_event_id.isdigit():
+        if start is None and last_event_id and last_event_id.isascii() and last_event_id.isdigit():
             start = min(int(last_event_id), MAX_POSITION)
         if start is None:
             start = app.recorder.max_notification_id() or 0
@@ -402,7 +408,10 @@ def create_app(
         return AlertDetail(
             **AlertOut.of(row).model_dump(),
             history=row.history,
-            evidence_events=_evidence(app, row),
+            evidence_events=[
+                e.model_copy(update={"event": _redacted(who, e.event)}) if e.event else e
+                for e in _evidence(app, row)
+            ],
         )
 
     @api.post(
@@ -489,7 +498,7 @@ def create_app(
             raise HTTPException(status.HTTP_404_NOT_FOUND, NOT_FOUND) from None
         protocol = app.trial_protocol(trial_id)
         events = [
-            e.to_contract().to_wire()
+            _redacted(who, e.to_contract().to_wire())
             for e in app.repository.event_store.get(trial_aggregate_id(trial_id))
             if isinstance(e, SafetyEventRecorded)
         ]
@@ -551,7 +560,8 @@ def create_app(
                 continue
             if not who.sees_site(_site_of(views, contract)):
                 continue
-            page.append(PositionedEvent(position=notification.id, event=contract.to_wire()))
+            wire = _redacted(who, contract.to_wire())
+            page.append(PositionedEvent(position=notification.id, event=wire))
         return EventPage(events=page, next_after=notifications[-1].id if notifications else after)
 
     # ------------------------------------------------------------ tokens
@@ -578,7 +588,9 @@ def create_app(
                 now=now(),
             )
         except AccessError as error:
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(error)) from None
+            raise RequestValidationError(
+                [{"type": "invalid_grant", "loc": ("body",), "msg": str(error), "input": None}]
+            ) from None
         return IssuedTokenOut(token=issued.token, **_token_out(issued.info).model_dump())
 
     @api.post("/tokens/{token_id}/revoke", tags=["tokens"])
@@ -602,6 +614,15 @@ def create_app(
     api.state.read_models = views
     api.state.stop = stop
     return api
+
+
+def _redacted(who: Principal, event: dict[str, Any]) -> dict[str, Any]:
+    """A trial-level event as a site user sees it: without the keys and causes that
+    name other sites' participants (a site sees its own participants only)."""
+    if who.role != "site" or event["participant_id"] != TRIAL_LEVEL_PARTICIPANT:
+        return event
+    data = {k: v for k, v in event["data"].items() if k not in ("key", "evidence")}
+    return event | {"caused_by": [], "data": data}
 
 
 def _token_out(info: Any) -> TokenOut:

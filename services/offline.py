@@ -5,6 +5,7 @@ the derived safety events (alerts included) as JSONL."""
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -29,7 +30,9 @@ def in_memory_application(
 ) -> SafetyMonitoring:
     env = {
         "PERSISTENCE_MODULE": "eventsourcing.sqlite",
-        "SQLITE_DBNAME": ":memory:",
+        # One in-memory database shared by the pool's connections (a plain
+        # ":memory:" gives each connection its own, empty one).
+        "SQLITE_DBNAME": f"file:toxwatch-{uuid.uuid4().hex}?mode=memory&cache=shared",
         "APPLICATION_RECORDER_TOPIC": "infra.store:SQLiteBatchRecorder",
         "AGGREGATE_CACHE_MAXSIZE": "100000",
     }

@@ -26,9 +26,11 @@ def _without_arrival_times(output: bytes) -> list[dict[str, object]]:
         event = json.loads(line)
         event.pop("recorded_at")
         if str(event["data"].get("situation", "")).startswith("rejected:"):
-            for arrival in ("situation", "title", "raised_clock"):
+            # The burst is named by its arrival time: so is its alert's id.
+            for arrival in ("situation", "title", "raised_clock", "alert_id"):
                 event["data"].pop(arrival)
             event.pop("effective_at")
+            event.pop("event_id")
         events.append(event)
     return events
 
