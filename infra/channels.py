@@ -4,8 +4,9 @@ An alert is a ``SafetyEvent`` of type ``alert.raised``, ``alert.escalated`` or
 ``alert.acknowledged`` (contract §3). Its ``event_id`` is deterministic and unique
 per alert revision or escalation: it is the **idempotency key** every channel passes
 on (Kafka: the value's ``event_id``; webhook: ``Idempotency-Key``; e-mail:
-``Message-ID``; live feed: the SSE ``id``). Delivery is at least once, so receivers
-deduplicate by that key.
+``Message-ID``). Delivery is at least once, so receivers deduplicate by that key. The
+live feed is not a push channel: the API serves it as server-sent events read from
+the alert log, so a client that reconnects resumes from its last position.
 
 ``AlertChannel.send`` makes exactly one attempt with a bounded timeout and returns a
 ``Receipt`` or raises ``DeliveryFailed``; retrying with backoff is the dispatcher's
@@ -24,14 +25,12 @@ shared out of band and never appears in a receipt, an error or a log.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import smtplib
 import ssl
 import threading
 import time
-from collections import deque
 from collections.abc import Mapping
 from contextlib import suppress
 from dataclasses import dataclass
@@ -431,158 +430,3 @@ class EmailChannel:
 
     def close(self) -> None:
         """Nothing held open: each alert uses its own SMTP session."""
-
-
-# ---------------------------------------------------------------- live feed
-
-
-class SubscriptionClosed(ToxWatchError):
-    """The live feed ended this subscription: it fell behind, or the feed closed.
-    The client reconnects and catches up from the alerts inbox."""
-
-
-class Subscription:
-    """A bounded, thread-safe queue of alerts for one live-feed client, readable from
-    threads (``get``) and from asyncio (``aget``)."""
-
-    def __init__(self, maxsize: int) -> None:
-        self.maxsize = maxsize
-        self.dropped = False
-        self._closed = False
-        self._items: deque[SafetyEvent] = deque()
-        self._condition = threading.Condition()
-        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
-
-    def offer(self, alert: SafetyEvent) -> bool:
-        """Queue ``alert`` unless full; a full subscription is dropped instead."""
-        with self._condition:
-            if self._closed:
-                return False
-            if len(self._items) >= self.maxsize:
-                self.dropped = True
-                self._closed = True
-            else:
-                self._items.append(alert)
-            self._wake()
-            return not self._closed
-
-    def close(self) -> None:
-        with self._condition:
-            self._closed = True
-            self._wake()
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    def qsize(self) -> int:
-        with self._condition:
-            return len(self._items)
-
-    def get_nowait(self) -> SafetyEvent | None:
-        """The next alert, ``None`` if there is none yet; raises ``SubscriptionClosed``
-        once closed and drained."""
-        with self._condition:
-            return self._take()
-
-    def get(self, timeout: float | None = None) -> SafetyEvent | None:
-        """The next alert, waiting up to ``timeout`` seconds (``None`` on timeout)."""
-        with self._condition:
-            self._condition.wait_for(lambda: self._items or self._closed, timeout)
-            return self._take()
-
-    async def aget(self, timeout: float | None = None) -> SafetyEvent | None:
-        """``get`` for a coroutine, without blocking the event loop."""
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
-        while True:
-            with self._condition:
-                item = self._take()
-                if item is not None:
-                    return item
-                waiter: asyncio.Future[None] = loop.create_future()
-                self._waiters.append((loop, waiter))
-            remaining = None if deadline is None else deadline - loop.time()
-            try:
-                if remaining is not None and remaining <= 0:
-                    return None
-                await asyncio.wait_for(waiter, remaining)
-            except TimeoutError:
-                return None
-            finally:
-                with self._condition, suppress(ValueError):
-                    self._waiters.remove((loop, waiter))
-
-    def _take(self) -> SafetyEvent | None:
-        if self._items:
-            return self._items.popleft()
-        if self._closed:
-            raise SubscriptionClosed("dropped: fell behind" if self.dropped else "feed closed")
-        return None
-
-    def _wake(self) -> None:
-        self._condition.notify_all()
-        for loop, waiter in self._waiters:
-            with suppress(RuntimeError):
-                loop.call_soon_threadsafe(_resolve, waiter)
-
-
-def _resolve(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
-
-
-class LiveFeedChannel:
-    """In-process fan-out of alerts to server-sent-event clients. ``send`` never
-    blocks on a slow client: a client whose queue is full is dropped."""
-
-    name = "live_feed"
-
-    def __init__(self, endpoint: str = "live-feed", queue_size: int = 256) -> None:
-        if queue_size < 1:
-            raise ValueError("queue_size must be at least 1")
-        self.endpoint = endpoint
-        self.queue_size = queue_size
-        self._subscribers: list[Subscription] = []
-        self._lock = threading.Lock()
-
-    def subscribe(self) -> Subscription:
-        subscription = Subscription(self.queue_size)
-        with self._lock:
-            self._subscribers.append(subscription)
-        return subscription
-
-    def unsubscribe(self, subscription: Subscription) -> None:
-        with self._lock, suppress(ValueError):
-            self._subscribers.remove(subscription)
-        subscription.close()
-
-    @property
-    def subscriber_count(self) -> int:
-        with self._lock:
-            return len(self._subscribers)
-
-    def send(self, alert: SafetyEvent) -> Receipt:
-        check_alert(alert)
-        with self._lock:
-            subscribers = list(self._subscribers)
-        delivered = [s for s in subscribers if s.offer(alert)]
-        dropped = len(subscribers) - len(delivered)
-        if dropped:
-            with self._lock:
-                self._subscribers = [s for s in self._subscribers if not s.closed]
-        detail = f"{len(delivered)} subscribers" + (f", {dropped} dropped" if dropped else "")
-        return Receipt(self.name, self.endpoint, alert.event_id, detail)
-
-    def close(self) -> None:
-        with self._lock:
-            subscribers, self._subscribers = self._subscribers, []
-        for subscription in subscribers:
-            subscription.close()
-
-
-def sse_frame(alert: SafetyEvent, id: str) -> str:
-    """One server-sent event: ``id``, ``event`` (the alert type) and the wire JSON."""
-    if any(c in id for c in "\r\n\0"):
-        raise ValueError("an SSE id cannot contain CR, LF or NUL")
-    return f"id: {id}\nevent: {alert.type}\ndata: {wire_bytes(alert).decode()}\n\n"

@@ -37,6 +37,7 @@ from projections.alerts import (
     RaiseAlert,
 )
 from services.application import SAFETY_EVENT_TOPICS, SafetyMonitoring
+from services.following import follow_log
 
 log = logging.getLogger(__name__)
 
@@ -100,16 +101,9 @@ class AlertDesk:
 
     def follow(self, stop: threading.Event, poll_seconds: float = 0.05) -> None:
         """Run until ``stop`` is set, polling the log when caught up."""
-        while not stop.is_set():
-            try:
-                if not self.run_once():
-                    stop.wait(poll_seconds)
-            except IntegrityError:
-                continue
-            except Exception:
-                log.exception("alerts pass failed; retrying")
-                self._reset()
-                stop.wait(1.0)
+        follow_log(
+            self.run_once, stop, name="alerts", poll_seconds=poll_seconds, after_failure=self._reset
+        )
 
     # ------------------------------------------------------------ folding
 

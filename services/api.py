@@ -42,6 +42,7 @@ from services import alerts as alert_service
 from services import monitor as monitor_service
 from services.application import SafetyMonitoring
 from services.auth import Authenticator
+from services.following import follow_log
 from services.tokens import NoSuchToken, TokenService
 
 log = logging.getLogger(__name__)
@@ -89,13 +90,7 @@ class ReadModels:
                 total += len(notifications)
 
     def follow(self, stop: threading.Event, poll_seconds: float = 0.1) -> None:
-        while not stop.is_set():
-            try:
-                if not self.refresh():
-                    stop.wait(poll_seconds)
-            except Exception:
-                log.exception("read model refresh failed; retrying")
-                stop.wait(1.0)
+        follow_log(self.refresh, stop, name="API read models", poll_seconds=poll_seconds)
 
     def lag(self) -> dict[str, bool]:
         """Which followers still have log entries to process (True: behind)."""

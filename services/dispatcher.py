@@ -42,6 +42,7 @@ from infra.settings import Settings
 from infra.store import TRACKINGS
 from projections.alerts import ALERT_EVENT_CLASSES, Delivery
 from services.application import SafetyMonitoring
+from services.following import follow_log
 
 log = logging.getLogger(__name__)
 ALERT_TOPICS = tuple(get_topic(cls) for cls in ALERT_EVENT_CLASSES)
@@ -181,13 +182,12 @@ class EndpointDispatcher:
         return done
 
     def follow(self, stop: threading.Event, poll_seconds: float = 0.05) -> None:
-        while not stop.is_set():
-            try:
-                if not self.run_once(stop):
-                    stop.wait(poll_seconds)
-            except Exception:
-                log.exception("dispatch to %s failed; retrying", self.endpoint.id)
-                stop.wait(1.0)
+        follow_log(
+            lambda: self.run_once(stop),
+            stop,
+            name=f"dispatch to {self.endpoint.id}",
+            poll_seconds=poll_seconds,
+        )
 
     def _deliver(self, alert: SafetyEvent, position: int, stop: threading.Event) -> bool:
         """Send until it is received (True) or ``stop`` is set (False)."""
@@ -217,6 +217,11 @@ class EndpointDispatcher:
                     delivery.attempts,
                     failure.reason,
                 )
+                if not failure.retryable:
+                    # A refusal that will not pass by itself (a wrong secret, a bad
+                    # address): keep the alert, retry slowly, and say so loudly.
+                    log.error("endpoint %s refuses alerts: %s", self.endpoint.id, failure.reason)
+                    backoff = self.max_backoff_s
                 if stop.wait(backoff * random.uniform(0.8, 1.2)):
                     return False
                 backoff = min(backoff * 2, self.max_backoff_s)

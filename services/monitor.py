@@ -27,6 +27,7 @@ from domain.records import TrialLog
 from domain.trial import DoseLevel, Fact, Trial, dose_level_aggregate_id, trial_aggregate_id
 from infra.store import TRACKINGS
 from services.application import SafetyMonitoring
+from services.following import follow_log
 
 log = logging.getLogger(__name__)
 
@@ -186,15 +187,7 @@ class TrialMonitor:
 
     def follow(self, stop: threading.Event, poll_seconds: float = 0.2) -> None:
         """Run until ``stop`` is set, polling the log when caught up."""
-        while not stop.is_set():
-            try:
-                if not self.run_once():
-                    stop.wait(poll_seconds)
-            except Exception:
-                # A failed pass commits nothing (one transaction); retry from the
-                # tracked position after a pause instead of dying.
-                log.exception("trial monitor pass failed; retrying")
-                stop.wait(1.0)
+        follow_log(self.run_once, stop, name="trial monitor", poll_seconds=poll_seconds)
 
     def _trial(self, trial_id: str) -> Trial:
         try:

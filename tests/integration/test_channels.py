@@ -7,8 +7,6 @@ help. The alert's ``event_id`` is the idempotency key on every channel.
 
 from __future__ import annotations
 
-import asyncio
-import json
 import threading
 import time
 from collections.abc import Iterator
@@ -21,12 +19,9 @@ from infra.channels import (
     DeliveryFailed,
     EmailChannel,
     KafkaChannel,
-    LiveFeedChannel,
     Receipt,
-    SubscriptionClosed,
     WebhookChannel,
     sign,
-    sse_frame,
     verify_signature,
 )
 from infra.receivers import Delivery, SmtpSink, WebhookReceiver, free_port
@@ -382,71 +377,14 @@ def test_kafka_without_a_broker_fails_retryably() -> None:
     assert failure.value.retryable
 
 
-# ---------------------------------------------------------------- live feed
-
-
-def test_live_feed_fans_out_to_every_subscriber() -> None:
-    feed = LiveFeedChannel()
-    first, second = feed.subscribe(), feed.subscribe()
-    alert = make_alert()
-
-    receipt = feed.send(alert)
-
-    assert receipt.detail == "2 subscribers"
-    assert receipt.idempotency_key == alert.event_id
-    assert first.get(timeout=1) == alert
-    assert second.get(timeout=1) == alert
-    feed.unsubscribe(first)
-    assert feed.send(make_alert(event_id="alert-2")).detail == "1 subscribers"
-
-
-def test_live_feed_drops_a_full_subscriber_without_blocking_the_others() -> None:
-    feed = LiveFeedChannel(queue_size=2)
-    slow, fast = feed.subscribe(), feed.subscribe()
-    alerts = [make_alert(event_id=f"alert-{i}") for i in range(3)]
-
-    receipts = []
-    for alert in alerts:
-        receipts.append(feed.send(alert))
-        assert fast.get(timeout=1) == alert
-
-    assert receipts[-1].detail == "1 subscribers, 1 dropped"
-    assert feed.subscriber_count == 1
-    assert slow.dropped
-    assert [slow.get(timeout=1), slow.get(timeout=1)] == alerts[:2]
-    with pytest.raises(SubscriptionClosed):
-        slow.get(timeout=1)
-
-
-def test_live_feed_subscriber_can_wait_from_asyncio() -> None:
-    feed = LiveFeedChannel()
-    subscription = feed.subscribe()
-    alert = make_alert()
-
-    async def receive() -> tuple[SafetyEvent | None, SafetyEvent | None]:
-        nothing_yet = await subscription.aget(timeout=0.05)
-        threading.Timer(0.05, feed.send, args=(alert,)).start()
-        return nothing_yet, await subscription.aget(timeout=5)
-
-    assert asyncio.run(receive()) == (None, alert)
-
-
-def test_sse_frame_carries_id_event_type_and_wire_json() -> None:
-    alert = make_alert()
-
-    frame = sse_frame(alert, id="42")
-
-    lines = frame.split("\n")
-    assert lines[:2] == ["id: 42", "event: alert.raised"]
-    assert lines[2].startswith("data: ")
-    assert json.loads(lines[2].removeprefix("data: ")) == alert.to_wire()
-    assert frame.endswith("\n\n") and len(lines) == 5
-
-
 def test_a_non_alert_event_is_never_delivered() -> None:
     crs = make_alert(type="crs.graded")
 
-    with pytest.raises(DeliveryFailed) as failure:
-        LiveFeedChannel().send(crs)
+    channel = WebhookChannel(f"http://127.0.0.1:{free_port()}/", SECRET)
+    try:
+        with pytest.raises(DeliveryFailed) as failure:
+            channel.send(crs)
+    finally:
+        channel.close()
 
     assert not failure.value.retryable

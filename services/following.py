@@ -1,0 +1,46 @@
+"""Following the event store's notification log: the loop every follower shares
+(the trial monitor, the alerts process, each dispatcher endpoint, the API's views).
+
+A pass reads what follows the follower's position and commits its results with the
+new position in one transaction, so a failed pass commits nothing: the loop logs it
+and tries again from the stored position instead of dying (the worker, the monitor
+and the alerts process must never stop on a bad pass).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from eventsourcing.persistence import IntegrityError
+
+log = logging.getLogger(__name__)
+
+
+def follow_log(
+    run_once: Callable[[], int],
+    stop: threading.Event,
+    *,
+    name: str,
+    poll_seconds: float,
+    after_failure: Callable[[], None] | None = None,
+    pause_after_failure_s: float = 1.0,
+) -> None:
+    """Call ``run_once`` (the number of log entries it handled) until ``stop`` is
+    set, waiting ``poll_seconds`` whenever it is caught up. A concurrent write
+    (``IntegrityError``) is retried at once; any other failure after a pause, with
+    ``after_failure`` run first (to drop state the failed pass built)."""
+    while not stop.is_set():
+        try:
+            if not run_once():
+                stop.wait(poll_seconds)
+        except IntegrityError:
+            log.info("%s: a concurrent write; retrying the pass", name)
+            if after_failure is not None:
+                after_failure()
+        except Exception:
+            log.exception("%s: pass failed; retrying", name)
+            if after_failure is not None:
+                after_failure()
+            stop.wait(pause_after_failure_s)
