@@ -245,14 +245,22 @@ def _applied(app: Any, topic: str) -> int:
 
 
 def run_alert_bench(
-    *, rates: list[int], seconds: float, probes_per_s: float, out: Path | None
+    *,
+    rates: list[int],
+    seconds: float,
+    probes_per_s: float,
+    out: Path | None,
+    keep: Path | None = None,
 ) -> list[LatencyResult]:
+    """``keep``: a folder to keep the runs' stores in (for a breakdown), else temporary."""
     console = Console(width=140)
     results = []
     with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as tmp:
+        workdir = keep or Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
         for rate in rates:
             results.append(
-                _run_one(broker.bootstrap_servers, Path(tmp), rate, seconds, probes_per_s, console)
+                _run_one(broker.bootstrap_servers, workdir, rate, seconds, probes_per_s, console)
             )
     table = Table(title="toxwatch bench alerts: clinical event produced → alert on the webhook")
     for column in (

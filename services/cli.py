@@ -444,11 +444,18 @@ def bench_alerts(
     seconds: Annotated[float, typer.Option(help="Load duration per rate.")] = 20.0,
     probes_per_s: Annotated[float, typer.Option(help="Alert-raising probes per second.")] = 2.0,
     out: Annotated[Path | None, typer.Option(help="Write the results as JSON.")] = None,
+    keep: Annotated[Path | None, typer.Option(help="Keep each run's store in this folder.")] = None,
 ) -> None:
     """Latency from a clinical event produced to its alert on a webhook, under load."""
     from services.bench_alerts import run_alert_bench
 
-    run_alert_bench(rates=rates or [100, 1000], seconds=seconds, probes_per_s=probes_per_s, out=out)
+    run_alert_bench(
+        rates=rates or [100, 1000],
+        seconds=seconds,
+        probes_per_s=probes_per_s,
+        out=out,
+        keep=keep,
+    )
 
 
 def main() -> None:
