@@ -371,9 +371,16 @@ class AlertRules(_Section):
         _rule(
             "stopping_rule",
             "enrollment.paused",
-            "enrollment:{key}",
+            "enrollment",
             "Enrolment paused: {reason}",
             severity="critical",
+        ),
+        _rule(
+            "stopping_rule",
+            "enrollment.resumed",
+            "enrollment",
+            "Enrolment resumed by {by}: {reason}",
+            resolves=True,
         ),
         _rule(
             "dose_decision",

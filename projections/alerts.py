@@ -394,7 +394,8 @@ class AlertBook:
     def _raise(self, finding: Finding, protocol: ProtocolParameters) -> RaiseAlert | None:
         state = self.alerts.get(finding.alert_id)
         previous = state.command if state else None
-        if previous is not None and not _rises(previous.finding, finding):
+        recurs = state is not None and state.resolved_revision >= state.command.revision
+        if previous is not None and not recurs and not _rises(previous.finding, finding):
             return None
         if previous is not None and severity_rank(finding.severity) < severity_rank(
             previous.finding.severity
@@ -415,14 +416,17 @@ class AlertBook:
             escalate_to=route.escalate_to if route else (),
         )
         self.alerts[finding.alert_id] = _State(
-            command, acknowledged_revision=state.acknowledged_revision if state else 0
+            command,
+            acknowledged_revision=state.acknowledged_revision if state else 0,
+            resolved_revision=state.resolved_revision if state else 0,
         )
         return command
 
 
 def _rises(before: Finding, after: Finding) -> bool:
-    """A later finding revises an alert only when it is more severe or of a higher
-    grade: the same situation seen again is not a new alert."""
+    """A later finding revises an open alert only when it is more severe or of a
+    higher grade: the same situation seen again is not a new alert (a resolved
+    situation that recurs is)."""
     if severity_rank(after.severity) > severity_rank(before.severity):
         return True
     return after.grade is not None and (before.grade is None or after.grade > before.grade)

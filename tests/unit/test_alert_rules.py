@@ -629,6 +629,26 @@ def test_a_higher_grade_after_resolution_reopens_the_alert(book: AlertBook) -> N
     assert escalations(book.on_tick(TRIAL, minutes(20), PROTOCOL))
 
 
+def test_resumed_enrolment_resolves_the_pause_alert_and_a_new_pause_reopens_it(
+    book: AlertBook,
+) -> None:
+    # alert_rules: the trial's enrolment is one situation; a pause raises it
+    # (critical), a resumption resolves it, and a pause after that is news again.
+    pause = {"by": "pause rule grade4_crs_or_icans", "reason": "grade 4 CRS", "key": "p1"}
+    first = raise_one(safety("enrollment.paused", pause, participant_id="-"), book)
+    resumed = safety("enrollment.resumed", {"by": "src", "reason": "reviewed", "key": "r1"},
+                     participant_id="-", at=minutes(60))  # fmt: skip
+    assert resolved(book.on_safety_event(resumed, PROTOCOL)).alert_id == first.alert_id
+    again = safety("enrollment.paused", {**pause, "key": "p2"}, participant_id="-",
+                   at=minutes(120))  # fmt: skip
+    second = raised(book.on_safety_event(again, PROTOCOL))
+    assert (second.alert_id, second.revision, second.finding.severity) == (
+        first.alert_id,
+        2,
+        "critical",
+    )
+
+
 def test_a_resolving_rule_has_no_severity() -> None:
     with pytest.raises(ValidationError, match="resolving rule"):
         AlertRule(
