@@ -47,7 +47,7 @@ from domain.contract import SafetyEvent
 from domain.errors import ToxWatchError
 
 ALERTS_TOPIC = "toxwatch.alerts.v1"
-ALERT_TYPES = frozenset({"alert.raised", "alert.escalated", "alert.acknowledged"})
+ALERT_TYPES = frozenset({"alert.raised", "alert.escalated", "alert.acknowledged", "alert.resolved"})
 
 SIGNATURE_HEADER = "X-ToxWatch-Signature"
 TIMESTAMP_HEADER = "X-ToxWatch-Timestamp"
@@ -269,6 +269,7 @@ _SUBJECT_PREFIX = {
     "alert.raised": "",
     "alert.escalated": "ESCALATED ",
     "alert.acknowledged": "ACKNOWLEDGED ",
+    "alert.resolved": "RESOLVED ",
 }
 
 
@@ -286,7 +287,9 @@ def email_subject(alert: SafetyEvent) -> str:
     data = alert.data
     severity = str(data.get("severity") or "").upper()
     label = f"{_SUBJECT_PREFIX.get(alert.type, '')}{severity}".strip()
-    title = _one_line(str(data.get("title") or f"alert {data.get('alert_id')}"))
+    title = _one_line(
+        str(data.get("title") or data.get("reason") or f"alert {data.get('alert_id')}")
+    )
     return f"[ToxWatch {label}] {title}" if label else f"[ToxWatch] {title}"
 
 
@@ -315,6 +318,8 @@ def email_body(alert: SafetyEvent, api_base_url: str | None = None) -> str:
         lines.append(f"Escalated to: {_joined(data['to'])}")
     if data.get("by"):
         lines.append(f"By:           {data['by']}")
+    if data.get("reason"):
+        lines.append(f"Resolved:     {_one_line(str(data['reason']))}")
     lines += ["", "Evidence:"]
     lines += [f"  - {item}" for item in evidence] if isinstance(evidence, list) else ["  -"]
     if api_base_url:

@@ -474,6 +474,7 @@ class Alert(Aggregate):
             alert = cast(Alert, aggregate)
             alert.revision = self.data["revision"]
             alert.severity = self.data["severity"]
+            alert.title = self.data["title"]
             alert.dose_level = self.dose_level or alert.dose_level
 
     class Acknowledged(SafetyEventRecorded):
@@ -498,6 +499,7 @@ class Alert(Aggregate):
         self.situation = situation
         self.revision = 0
         self.severity = "info"
+        self.title = ""
         self.dose_level: str | None = None
         self.acknowledged_revision = 0
 
@@ -580,6 +582,7 @@ class Alert(Aggregate):
                 "revision": self.revision,
                 "severity": self.severity,
                 "category": self.category,
+                "title": self.title,
                 "to": command.to,
                 "level": command.level,
                 "at": command.at.isoformat(),
@@ -601,6 +604,7 @@ class Alert(Aggregate):
                 "revision": self.revision,
                 "severity": self.severity,
                 "category": self.category,
+                "title": self.title,
                 "reason": command.reason,
                 "evidence": list(command.evidence),
                 "site_id": self.site_id,

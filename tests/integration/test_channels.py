@@ -313,6 +313,18 @@ def test_escalated_alert_email_says_so_and_names_who_it_went_to(smtp_sink: SmtpS
     assert "/alerts/" not in text
 
 
+def test_a_resolved_alert_is_mailed_as_resolved(smtp_sink: SmtpSink) -> None:
+    alert = make_alert(
+        event_id="alert-crs-G79-001-1-resolved", type="alert.resolved",
+        reason="CRS episode 1 resolved (max grade 3)",
+    )  # fmt: skip
+
+    email_channel(smtp_sink, api_base_url=None).send(alert)
+
+    [mail] = smtp_sink.wait_for(1)
+    assert mail.message["Subject"] == "[ToxWatch RESOLVED CRITICAL] Grade ≥3 CRS in G79-001"
+
+
 def test_email_to_a_server_that_is_down_fails_retryably() -> None:
     channel = EmailChannel(
         "127.0.0.1", free_port(), "toxwatch@example.org", ("desk@example.org",), timeout_s=2
