@@ -6,7 +6,47 @@ participant id.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+#: Metric name -> (label pairs -> value), as a read model computes them.
+GaugeValues = Mapping[str, Mapping[tuple[tuple[str, str], ...], float]]
+
+#: The safety gauges and what they count (the catalogue in the README).
+SAFETY_GAUGES: dict[str, str] = {
+    "toxwatch_participants": "Participants by status, dose level and disease",
+    "toxwatch_crs_max_grade_participants": "Infused participants by their highest CRS grade",
+    "toxwatch_icans_max_grade_participants": "Infused participants by their highest ICANS grade",
+    "toxwatch_dlt_evaluable_participants": "DLT-evaluable participants by dose level",
+    "toxwatch_dlt_participants": "Participants with a DLT by dose level",
+    "toxwatch_dlt_windows_open": "DLT windows open by dose level",
+    "toxwatch_dose_level_decision": "The latest escalation decision per dose level (1)",
+    "toxwatch_stopping_rule_triggered": "1 once a stopping rule's boundary is crossed",
+    "toxwatch_enrollment_paused": "1 while enrolment is paused",
+    "toxwatch_alerts_open": "Alerts neither acknowledged nor resolved, by severity",
+    "toxwatch_sae_reports_overdue": "SAE reports past their deadline with their alert open",
+    "toxwatch_follower_lag_events": "Log entries a follower has not processed yet",
+}
+
+
+class GaugeCollector(Collector):
+    """Gauges computed on each scrape from a read model (``values``)."""
+
+    def __init__(self, values: Callable[[], GaugeValues]) -> None:
+        self.values = values
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        current = self.values()
+        for name, documentation in SAFETY_GAUGES.items():
+            series = current.get(name, {})
+            labels = sorted({k for pairs in series for k, _ in pairs})
+            family = GaugeMetricFamily(name, documentation, labels=labels)
+            for pairs, value in sorted(series.items()):
+                family.add_metric([dict(pairs).get(k, "") for k in labels], value)
+            yield family
 
 
 class Metrics:

@@ -38,16 +38,29 @@ from domain.errors import AlertAlreadyAcknowledged, AlertRevisionChanged, NotFou
 from domain.participant import Participant, SafetyEventRecorded, participant_aggregate_id
 from domain.trial import DoseLevel, Trial, dose_level_aggregate_id, trial_aggregate_id
 from projections.alerts import ALERT_EVENT_CLASSES, AlertRow, AlertsView
+from projections.safety_metrics import SAFETY_PICTURE_CLASSES, SafetyPicture
 from services import alerts as alert_service
 from services import monitor as monitor_service
-from services.application import SafetyMonitoring
+from services.application import REJECTION_TOPIC, SAFETY_EVENT_TOPICS, SafetyMonitoring
 from services.auth import Authenticator
 from services.following import follow_log
+from services.relay import RELAY_NAME
 from services.tokens import NoSuchToken, TokenService
 
 log = logging.getLogger(__name__)
 ALERT_TOPICS = tuple(get_topic(cls) for cls in ALERT_EVENT_CLASSES)
-_VIEW_TOPICS = (*ALERT_TOPICS, get_topic(Participant.Registered))
+_VIEW_TOPICS = tuple(
+    dict.fromkeys(
+        (
+            *ALERT_TOPICS,
+            get_topic(Participant.Registered),
+            *(get_topic(cls) for cls in SAFETY_PICTURE_CLASSES),
+        )
+    )
+)
+_ALERT_CLASSES = tuple(ALERT_EVENT_CLASSES)
+#: Lag counts stop here (a follower that far behind is simply far behind).
+LAG_CAP = 10_000
 NOT_FOUND = "not found"
 #: The largest log position a store can hold (a signed 64-bit integer).
 MAX_POSITION = 2**63 - 1
@@ -63,6 +76,7 @@ class ReadModels:
         self.app = app
         self.batch_size = batch_size
         self.alerts = AlertsView()
+        self.safety = SafetyPicture()
         self.participants: dict[tuple[str, str], str] = {}  # -> site
         self.position = 0
         self._lock = threading.Lock()
@@ -84,8 +98,9 @@ class ReadModels:
                     event: Any = self.app.mapper.to_domain_event(notification)
                     if isinstance(event, Participant.Registered):
                         self.participants[(event.trial_id, event.participant_id)] = event.site_id
-                    elif isinstance(event, SafetyEventRecorded):
+                    elif isinstance(event, _ALERT_CLASSES):
                         self.alerts.apply(event.to_contract(), notification.id)
+                    self.safety.apply(event)
                 self.position = notifications[-1].id
                 total += len(notifications)
 
@@ -104,6 +119,46 @@ class ReadModels:
                 monitor_service.INPUT_TOPICS,
             ),
         }
+
+    def follower_lags(self, dispatch_endpoints: tuple[str, ...] = ()) -> dict[str, int]:
+        """Log entries each follower has still to process (capped at ``LAG_CAP``)."""
+        followers: dict[str, tuple[int, tuple[str, ...]]] = {
+            "api_views": (self.position, _VIEW_TOPICS),
+            "alerts": (
+                self.app.tracked(alert_service.ALERTS_TRACKING) or 0,
+                alert_service.INPUT_TOPICS,
+            ),
+            "trial_monitor": (
+                self.app.tracked(monitor_service.MONITOR_TRACKING) or 0,
+                monitor_service.INPUT_TOPICS,
+            ),
+            "relay": (
+                self.app.tracked(RELAY_NAME) or 0,
+                (*SAFETY_EVENT_TOPICS, REJECTION_TOPIC),
+            ),
+        }
+        for endpoint in dispatch_endpoints:
+            tracked = self.app.tracked(f"dispatch:{endpoint}") or 0
+            followers[f"dispatch:{endpoint}"] = (tracked, ALERT_TOPICS)
+        return {
+            name: len(
+                self.app.recorder.select_notifications(
+                    start=position, limit=LAG_CAP, topics=topics, inclusive_of_start=False
+                )
+            )
+            for name, (position, topics) in followers.items()
+        }
+
+    def gauges(self, dispatch_endpoints: tuple[str, ...] = ()) -> dict[str, Any]:
+        """The safety picture and the followers' lag, as metric families."""
+        self.refresh()
+        with self._lock:
+            values: dict[str, Any] = dict(self.safety.gauges())
+        values["toxwatch_follower_lag_events"] = {
+            (("follower", name),): float(lag)
+            for name, lag in self.follower_lags(dispatch_endpoints).items()
+        }
+        return values
 
     def _behind(self, position: int, topics: tuple[str, ...]) -> bool:
         return bool(

@@ -184,6 +184,9 @@ def alerts() -> None:
 @app.command()
 def dispatcher() -> None:
     """Run the alert dispatcher: every configured endpoint, in log order, each once."""
+    from prometheus_client import start_http_server
+
+    from infra.metrics import Metrics
     from services.bootstrap import build_application
     from services.dispatcher import Dispatcher, build_channel, load_endpoints
 
@@ -195,9 +198,13 @@ def dispatcher() -> None:
     application = build_application(settings)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    metrics = Metrics()
+    if settings.metrics_port:
+        start_http_server(settings.metrics_port, addr="127.0.0.1", registry=metrics.registry)
     dispatch = Dispatcher(
         application,
         [(e, build_channel(e, settings)) for e in endpoints],
+        metrics=metrics,
         max_backoff_s=settings.dispatch_max_backoff_seconds,
     )
     with contextlib.suppress(KeyboardInterrupt):
@@ -213,8 +220,20 @@ def api() -> None:
     from services.bootstrap import build_application
 
     settings = _settings()
+    api_app = create_app(build_application(settings))
+    if settings.metrics_port:
+        from prometheus_client import CollectorRegistry, start_http_server
+
+        from infra.metrics import GaugeCollector
+        from services.dispatcher import load_endpoints
+
+        endpoints = tuple(e.id for e in load_endpoints(settings))
+        registry = CollectorRegistry()
+        views = api_app.state.read_models
+        registry.register(GaugeCollector(lambda: views.gauges(endpoints)))
+        start_http_server(settings.metrics_port, addr="127.0.0.1", registry=registry)
     uvicorn.run(
-        create_app(build_application(settings)),
+        api_app,
         host=settings.api_host,
         port=settings.api_port,
         log_level="warning",

@@ -1,0 +1,215 @@
+"""The trial's safety picture as metrics (issue 6: the metrics catalogue).
+
+:class:`SafetyPicture` folds the stored events, in log order, into the counts the
+DSMB dashboards show: participants by status, dose level and disease; CRS and ICANS
+by each participant's highest grade; DLT tallies and open windows by dose level; the
+latest dose decision; stopping rules; enrolment pauses; open alerts by severity and
+overdue SAE reports. :meth:`SafetyPicture.gauges` gives them as metric families with
+bounded labels (trial, dose level, disease, grade, severity, status): never a
+participant id.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from uuid import UUID
+
+from domain.contract import TRIAL_LEVEL_PARTICIPANT
+from domain.participant import Participant, SafetyEventRecorded
+from domain.trial import DoseLevel, Trial
+from projections.alerts import Alert
+
+UNKNOWN = "unknown"
+Labels = tuple[tuple[str, str], ...]
+Gauges = dict[str, dict[Labels, float]]
+
+
+@dataclass
+class _Subject:
+    trial_id: str
+    dose_level: str = UNKNOWN
+    disease: str = UNKNOWN
+    status: str = "enrolled"
+    max_grade: dict[str, int] = field(default_factory=dict)  # CRS / ICANS
+    episode_max: dict[tuple[str, int], int] = field(default_factory=dict)
+
+
+@dataclass
+class _Alert:
+    trial_id: str
+    severity: str
+    category: str
+    open: bool
+
+
+@dataclass
+class SafetyPicture:
+    """What the log says of the trial's safety, as counts."""
+
+    subjects: dict[tuple[str, str], _Subject] = field(default_factory=dict)
+    tallies: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    dose_levels: dict[UUID, tuple[str, str]] = field(default_factory=dict)
+    decisions: dict[tuple[str, str], str] = field(default_factory=dict)
+    stopping: dict[tuple[str, str], bool] = field(default_factory=dict)
+    paused: dict[str, bool] = field(default_factory=dict)
+    alerts: dict[str, _Alert] = field(default_factory=dict)
+
+    def apply(self, event: Any) -> None:
+        """Fold one stored domain event."""
+        if isinstance(event, Participant.ClinicalEventRecorded):
+            self._clinical(event.event)
+        elif isinstance(event, DoseLevel.Opened):
+            self.dose_levels[event.originator_id] = (event.trial_id, event.dose_level)
+        elif isinstance(event, DoseLevel.Tallied):
+            key = self.dose_levels.get(event.originator_id)
+            if key is not None:
+                self.tallies[key] = dict(event.tally)
+        elif isinstance(event, Alert.Raised | Alert.Acknowledged | Alert.Resolved):
+            self._alert(event)
+        elif isinstance(event, SafetyEventRecorded):
+            self._derived(event.contract_type, event.trial_id, event.participant_id, event.data)
+
+    def _clinical(self, wire: Mapping[str, Any]) -> None:
+        kind = wire["type"]
+        if wire["participant_id"] == TRIAL_LEVEL_PARTICIPANT or kind == "clock.ticked":
+            return
+        key = (wire["trial_id"], wire["participant_id"])
+        subject = self.subjects.setdefault(key, _Subject(wire["trial_id"]))
+        data = wire["data"]
+        if kind == "participant.enrolled":
+            subject.disease = data["disease"]
+            subject.dose_level = data.get("dose_level") or subject.dose_level
+        elif kind == "infusion.administered":
+            subject.dose_level = data.get("dose_level") or subject.dose_level
+            if subject.status == "enrolled":
+                subject.status = "infused"
+        elif kind == "participant.withdrawn" and subject.status != "died":
+            subject.status = "withdrawn"
+        elif kind == "death.reported":
+            subject.status = "died"
+
+    def _derived(
+        self, kind: str, trial_id: str, participant_id: str, data: Mapping[str, Any]
+    ) -> None:
+        if kind in ("crs.graded", "icans.graded", "crs.resolved", "icans.resolved"):
+            term = kind.split(".")[0].upper()
+            grade = data["max_grade"] if kind.endswith("resolved") else data["grade"]
+            self._grade(trial_id, participant_id, term, data["episode"], grade, final=False)
+            if kind.endswith("resolved"):
+                self._grade(trial_id, participant_id, term, data["episode"], grade, final=True)
+        elif kind == "grade.revised" and data.get("term") in ("CRS", "ICANS"):
+            self._grade(
+                trial_id, participant_id, data["term"], data.get("episode", 0), data["to_grade"],
+                final=False,
+            )  # fmt: skip
+        elif kind == "dose.decision" and not data.get("withdrawn"):
+            self.decisions[(trial_id, data["dose_level"])] = data["decision"]
+        elif kind == "stopping_rule.triggered":
+            self.stopping[(trial_id, data["rule_id"])] = not data.get("withdrawn")
+        elif kind == "enrollment.paused":
+            self.paused[trial_id] = True
+        elif kind == "enrollment.resumed":
+            self.paused[trial_id] = False
+
+    def _grade(
+        self,
+        trial_id: str,
+        participant_id: str,
+        term: str,
+        episode: int,
+        grade: int,
+        *,
+        final: bool,
+    ) -> None:
+        """An episode's highest grade; a resolved episode's ``max_grade`` is final
+        (it reflects revisions of its course)."""
+        subject = self.subjects.setdefault((trial_id, participant_id), _Subject(trial_id))
+        key = (term, episode)
+        if final:
+            subject.episode_max[key] = grade
+        else:
+            subject.episode_max[key] = max(subject.episode_max.get(key, 0), grade)
+        subject.max_grade[term] = max(
+            (g for (t, _), g in subject.episode_max.items() if t == term), default=0
+        )
+
+    def _alert(self, event: Any) -> None:
+        data = event.data
+        alert_id = data["alert_id"]
+        if isinstance(event, Alert.Raised):
+            self.alerts[alert_id] = _Alert(event.trial_id, data["severity"], data["category"], True)
+        elif alert_id in self.alerts:
+            self.alerts[alert_id].open = False
+
+    # ------------------------------------------------------------ metrics
+
+    def gauges(self) -> Gauges:
+        """Metric name -> labels -> value."""
+        out: Gauges = {}
+
+        def put(name: str, value: float, **labels: str) -> None:
+            key = tuple(sorted(labels.items()))
+            family = out.setdefault(name, {})
+            family[key] = family.get(key, 0.0) + value
+
+        for subject in self.subjects.values():
+            base = {
+                "trial": subject.trial_id,
+                "dose_level": subject.dose_level,
+                "disease": subject.disease,
+            }
+            put("toxwatch_participants", 1, status=subject.status, **base)
+            if subject.status != "enrolled":
+                for term in ("CRS", "ICANS"):
+                    grade = str(subject.max_grade.get(term, 0))
+                    put(f"toxwatch_{term.lower()}_max_grade_participants", 1, grade=grade, **base)
+        for (trial, dose_level), tally in sorted(self.tallies.items()):
+            labels = {"trial": trial, "dose_level": dose_level}
+            put("toxwatch_dlt_evaluable_participants", float(tally.get("evaluable", 0)), **labels)
+            put("toxwatch_dlt_participants", float(tally.get("dlts", 0)), **labels)
+            put("toxwatch_dlt_windows_open", float(tally.get("open_windows", 0)), **labels)
+        for (trial, dose_level), decision in sorted(self.decisions.items()):
+            put("toxwatch_dose_level_decision", 1, trial=trial, dose_level=dose_level,
+                decision=decision)  # fmt: skip
+        for (trial, rule_id), crossed in sorted(self.stopping.items()):
+            put("toxwatch_stopping_rule_triggered", float(crossed), trial=trial, rule_id=rule_id)
+        for trial, paused in sorted(self.paused.items()):
+            put("toxwatch_enrollment_paused", float(paused), trial=trial)
+        trials = {s.trial_id for s in self.subjects.values()} | set(self.paused)
+        open_alerts = Counter((a.trial_id, a.severity) for a in self.alerts.values() if a.open)
+        overdue = Counter(
+            a.trial_id
+            for a in self.alerts.values()
+            if a.open and a.category == "sae_deadline" and a.severity == "critical"
+        )
+        for trial in sorted(trials | {a.trial_id for a in self.alerts.values()}):
+            for severity in ("critical", "high", "medium", "info"):
+                put("toxwatch_alerts_open", float(open_alerts[(trial, severity)]), trial=trial,
+                    severity=severity)  # fmt: skip
+            put("toxwatch_sae_reports_overdue", float(overdue[trial]), trial=trial)
+            if trial not in self.paused:
+                put("toxwatch_enrollment_paused", 0.0, trial=trial)
+        return out
+
+
+#: The stored-event classes the picture reads (for a notification-log topic filter).
+SAFETY_PICTURE_CLASSES: tuple[type, ...] = (
+    Participant.ClinicalEventRecorded,
+    Participant.CRSGraded,
+    Participant.CRSResolved,
+    Participant.ICANSGraded,
+    Participant.ICANSResolved,
+    Participant.GradeRevised,
+    DoseLevel.Opened,
+    DoseLevel.Tallied,
+    Trial.DoseDecision,
+    Trial.StoppingRuleTriggered,
+    Trial.EnrollmentPaused,
+    Trial.EnrollmentResumed,
+    Alert.Raised,
+    Alert.Acknowledged,
+    Alert.Resolved,
+)
