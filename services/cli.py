@@ -381,8 +381,13 @@ def demo(
     participants: int = 42,
     seed: int = 79,
     metrics_port: Annotated[int, typer.Option(help="Worker metrics port (0: a free one).")] = 0,
+    dlt_heavy_dose: Annotated[
+        str | None,
+        typer.Option(help="Make this dose level DLT-heavy (it crosses the stopping rules)."),
+    ] = None,
 ) -> None:
-    """Everything embedded: broker, store, worker, relay and a simulated cohort."""
+    """Everything embedded: broker, store, worker, monitor, relay, alerts, dispatcher,
+    API and a simulated cohort."""
     from services.demo import DemoOptions, run_demo
 
     raise typer.Exit(
@@ -393,6 +398,7 @@ def demo(
                 stream_seconds=stream_seconds,
                 participants=participants,
                 seed=seed,
+                dlt_heavy_dose=dlt_heavy_dose,
                 metrics_port=metrics_port,
             ),
         )

@@ -73,6 +73,7 @@ class DemoOptions:
     participants: int = 42
     seed: int = 79
     metrics_port: int = 0
+    dlt_heavy_dose: str | None = None
 
 
 @dataclass
@@ -89,7 +90,11 @@ class _Progress:
 
 def cohort_ending_now(options: DemoOptions, now: datetime) -> list[SimulatedMessage]:
     """The simulated cohort shifted so that its last message is due just before now."""
-    spec = CohortSpec(seed=options.seed, participants=options.participants)
+    spec = CohortSpec(
+        seed=options.seed,
+        participants=options.participants,
+        dlt_heavy_dose=options.dlt_heavy_dose,
+    )
     draft = simulate_cohort(spec)
     span = max(m.deliver_at for m in draft) - spec.start
     start = (now - span - timedelta(hours=1)).astimezone(spec.start.tzinfo)
@@ -120,6 +125,8 @@ def run_demo(settings: Settings, options: DemoOptions) -> int:
         ensure_topics(servers, settings.topics, settings.partitions)
         metrics_port = options.metrics_port or free_port()
         relay_port = free_port()
+        safety_port = free_port()
+        dispatcher_port = free_port()
         protocol_file = settings.protocol_file
         if protocol_file is None and TRIAL_PROTOCOL.exists():
             protocol_file = TRIAL_PROTOCOL
@@ -158,8 +165,11 @@ def run_demo(settings: Settings, options: DemoOptions) -> int:
             .token
         )
         app.close()
-        for command in ("alerts", "dispatcher", "api"):
-            children.append(_spawn(command, env, run_dir))
+        children.append(_spawn("alerts", env, run_dir))
+        children.append(
+            _spawn("dispatcher", env | {"TOXWATCH_METRICS_PORT": str(dispatcher_port)}, run_dir)
+        )
+        children.append(_spawn("api", env | {"TOXWATCH_METRICS_PORT": str(safety_port)}, run_dir))
         children.append(
             _spawn("worker", env | {"TOXWATCH_METRICS_PORT": str(metrics_port)}, run_dir)
         )
@@ -169,10 +179,13 @@ def run_demo(settings: Settings, options: DemoOptions) -> int:
         console.print(f"broker      {servers}" + (" (embedded tansu)" if broker else ""))
         console.print(f"event store {run_dir / 'toxwatch.sqlite3'}")
         console.print(f"protocol    {protocol_file or 'built-in template values'}")
-        console.print(
-            f"metrics     http://127.0.0.1:{metrics_port}/metrics (worker), "
-            f"http://127.0.0.1:{relay_port}/metrics (relay)"
-        )
+        for job, port in (
+            ("worker", metrics_port),
+            ("relay", relay_port),
+            ("safety", safety_port),
+            ("dispatcher", dispatcher_port),
+        ):
+            console.print(f"metrics     {job:<10}  http://127.0.0.1:{port}/metrics")
         console.print(f"logs        {run_dir}")
         console.print(f"API         {api_url}/docs   (OpenAPI: {api_url}/openapi.json)")
         console.print(f"token       {token}   (role monitor)")
