@@ -38,6 +38,7 @@ from domain.errors import AlertAlreadyAcknowledged, AlertRevisionChanged, NotFou
 from domain.participant import Participant, SafetyEventRecorded, participant_aggregate_id
 from domain.trial import DoseLevel, Trial, dose_level_aggregate_id, trial_aggregate_id
 from projections.alerts import ALERT_EVENT_CLASSES, AlertRow, AlertsView
+from projections.kinetics import KineticsView
 from projections.safety_metrics import SAFETY_PICTURE_CLASSES, SafetyPicture
 from services import alerts as alert_service
 from services import monitor as monitor_service
@@ -77,6 +78,7 @@ class ReadModels:
         self.batch_size = batch_size
         self.alerts = AlertsView()
         self.safety = SafetyPicture()
+        self.kinetics = KineticsView()
         self.participants: dict[tuple[str, str], str] = {}  # -> site
         self.position = 0
         self._lock = threading.Lock()
@@ -101,6 +103,8 @@ class ReadModels:
                     elif isinstance(event, _ALERT_CLASSES):
                         self.alerts.apply(event.to_contract(), notification.id)
                     self.safety.apply(event)
+                    if isinstance(event, Participant.ClinicalEventRecorded):
+                        self.kinetics.apply_clinical(event.event)
                 self.position = notifications[-1].id
                 total += len(notifications)
 
@@ -247,6 +251,16 @@ class TrialStatusOut(BaseModel):
     stopping_rules: list[dict[str, Any]]
     mtd: dict[str, Any] | None
     events: list[dict[str, Any]]
+
+
+class KineticsOut(BaseModel):
+    trial_id: str
+    participant_id: str
+    dose_level: str | None
+    infused_at: datetime | None
+    pk: dict[str, dict[str, Any]]
+    disease: list[dict[str, Any]]
+    b_cells: list[dict[str, Any]]
 
 
 class PositionedEvent(BaseModel):
@@ -534,6 +548,45 @@ def create_app(
             derived_events=derived,
         )
 
+    @api.get("/participants/{trial_id}/{participant_id}/kinetics", tags=["participants"])
+    def participant_kinetics(
+        trial_id: str,
+        participant_id: str,
+        who: Annotated[Principal, reader(Permission.READ_PARTICIPANTS)],
+    ) -> KineticsOut:
+        """Cellular kinetics by non-compartmental analysis per analyte (reference §11:
+        Cmax, Tmax, Clast, Tlast, AUC0-28 with the BLQ rules), disease activity change
+        from baseline by visit (§12) and CD19 B-cell counts."""
+        visible_participant(trial_id, participant_id, who)
+        views.refresh()
+        subject = views.kinetics.participants.get((trial_id, participant_id))
+        if subject is None:
+            return KineticsOut(
+                trial_id=trial_id, participant_id=participant_id, dose_level=None,
+                infused_at=None, pk={}, disease=[], b_cells=[],
+            )  # fmt: skip
+        return KineticsOut(
+            trial_id=trial_id,
+            participant_id=participant_id,
+            dose_level=subject.dose_level,
+            infused_at=subject.infused_at,
+            pk={analyte: _nca_out(result) for analyte, result in subject.pk().items()},
+            disease=[_change_out(change) for change in subject.disease_changes()],
+            b_cells=[
+                {"at": at.isoformat(), "value": value, "unit": unit}
+                for at, value, unit in subject.b_cells()
+            ],
+        )
+
+    @api.get("/trials/{trial_id}/kinetics", tags=["trial"])
+    def trial_kinetics(
+        trial_id: str, who: Annotated[Principal, reader(Permission.READ_TRIAL)]
+    ) -> list[dict[str, Any]]:
+        """Per dose level: median Cmax and AUC0-28 per analyte, and disease response
+        at weeks 12 and 24 (for the optimal-dose view)."""
+        views.refresh()
+        return views.kinetics.dose_level_summary(trial_id)
+
     # ------------------------------------------------------------ trial
 
     @api.get("/trials/{trial_id}/status", tags=["trial"])
@@ -673,6 +726,20 @@ def _redacted(who: Principal, event: dict[str, Any]) -> dict[str, Any]:
         return event
     data = {k: v for k, v in event["data"].items() if k not in ("key", "evidence")}
     return event | {"caused_by": [], "data": data}
+
+
+def _nca_out(result: Any) -> dict[str, Any]:
+    out = asdict(result)
+    out["profile"] = [{"day": day, "value": value} for day, value in result.profile]
+    return out
+
+
+def _change_out(change: Any) -> dict[str, Any]:
+    out = asdict(change)
+    for key in ("assessed_at", "baseline_at"):
+        if out.get(key) is not None:
+            out[key] = out[key].isoformat()
+    return out
 
 
 def _token_out(info: Any) -> TokenOut:
