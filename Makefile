@@ -25,6 +25,7 @@ check: $(STAMP)
 
 test: check
 	bash scripts/ensure-postgres
+	bash scripts/ensure-monitoring-tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)

@@ -50,6 +50,7 @@ class Settings(BaseSettings):
     relay_poll_seconds: float = 0.2
 
     metrics_port: int = 0
+    metrics_host: str = "127.0.0.1"
     protocol_file: Path | None = None
 
     # alerts: delivery endpoints (TOML file), webhook signing secret, SMTP, API

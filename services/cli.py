@@ -124,7 +124,9 @@ def worker() -> None:
     ensure_topics(servers, settings.topics, settings.partitions)
     metrics = Metrics()
     if settings.metrics_port:
-        start_http_server(settings.metrics_port, addr="127.0.0.1", registry=metrics.registry)
+        start_http_server(
+            settings.metrics_port, addr=settings.metrics_host, registry=metrics.registry
+        )
     sys.argv = [sys.argv[0], "worker"]
     run_worker(settings, servers, build_application(settings), metrics)
 
@@ -143,7 +145,9 @@ def relay() -> None:
     servers = _bootstrap_servers(settings)
     metrics = Metrics()
     if settings.metrics_port:
-        start_http_server(settings.metrics_port, addr="127.0.0.1", registry=metrics.registry)
+        start_http_server(
+            settings.metrics_port, addr=settings.metrics_host, registry=metrics.registry
+        )
     producer = reliable_producer(servers)
     relay_ = Relay(build_application(settings), producer, settings, metrics)
     relay_.reconcile(servers)
@@ -200,7 +204,9 @@ def dispatcher() -> None:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     metrics = Metrics()
     if settings.metrics_port:
-        start_http_server(settings.metrics_port, addr="127.0.0.1", registry=metrics.registry)
+        start_http_server(
+            settings.metrics_port, addr=settings.metrics_host, registry=metrics.registry
+        )
     dispatch = Dispatcher(
         application,
         [(e, build_channel(e, settings)) for e in endpoints],
@@ -231,7 +237,7 @@ def api() -> None:
         registry = CollectorRegistry()
         views = api_app.state.read_models
         registry.register(GaugeCollector(lambda: views.gauges(endpoints)))
-        start_http_server(settings.metrics_port, addr="127.0.0.1", registry=registry)
+        start_http_server(settings.metrics_port, addr=settings.metrics_host, registry=registry)
     uvicorn.run(
         api_app,
         host=settings.api_host,
