@@ -26,6 +26,7 @@ check: $(STAMP)
 test: check
 	bash scripts/ensure-postgres
 	bash scripts/ensure-monitoring-tools
+	bash scripts/ensure-report-tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)
