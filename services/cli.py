@@ -24,6 +24,8 @@ app.add_typer(bench_app, name="bench")
 app.add_typer(rules_app, name="rules")
 app.add_typer(protocol_app, name="protocol")
 token_app = typer.Typer(no_args_is_help=True, help="API tokens (stored hashed).")
+report_app = typer.Typer(no_args_is_help=True, help="Reports from the event store.")
+app.add_typer(report_app, name="report")
 app.add_typer(token_app, name="token")
 
 
@@ -314,6 +316,34 @@ def token_list() -> None:
             f"expires {info.expires_at or 'never'}\t"
             f"{'revoked ' + str(info.revoked_at) if info.revoked_at else 'active'}"
         )
+
+
+@report_app.command("dsmb")
+def report_dsmb(
+    as_of: Annotated[
+        str | None,
+        typer.Option(help="ISO 8601 time with offset: what was recorded up to then."),
+    ] = None,
+    trial: Annotated[str, typer.Option(help="Trial id.")] = "NCT07049081",
+    out: Annotated[Path, typer.Option(help="Folder to write the packet into.")] = Path("."),
+    pdf: Annotated[bool, typer.Option(help="Also print the PDF (headless Chromium).")] = True,
+) -> None:
+    """The DSMB open-session safety packet (HTML and PDF) as of a moment."""
+    from datetime import datetime
+
+    from services.bootstrap import build_application
+    from services.report import write_packet
+
+    moment = datetime.fromisoformat(as_of) if as_of else None
+    if moment is not None and moment.tzinfo is None:
+        typer.echo("--as-of needs a UTC offset (e.g. 2026-03-04T10:00:00+00:00)", err=True)
+        raise typer.Exit(2)
+    html, pdf_path = write_packet(
+        build_application(_settings()), trial_id=trial, as_of=moment, out_dir=out, pdf=pdf
+    )
+    typer.echo(html)
+    if pdf_path is not None:
+        typer.echo(pdf_path)
 
 
 @rules_app.command("boundaries")
