@@ -112,6 +112,12 @@ class Metrics:
             ["channel"],
             registry=r,
         )
+        self.consumer_lag = Gauge(
+            "toxwatch_consumer_lag_messages",
+            "Clinical-topic messages not yet applied, per partition (after the last batch)",
+            ["partition"],
+            registry=r,
+        )
         self.relay_position = Gauge(
             "toxwatch_relay_position", "Last notification id published by the relay", registry=r
         )

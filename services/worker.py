@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import faust
+from faust.types import TP
 
 from infra.metrics import Metrics
 from infra.settings import Settings
@@ -87,12 +88,29 @@ def create_faust_app(
             ]
             outcome = await loop.run_in_executor(executor, _apply, application, messages)
             record_outcome(metrics, outcome, len(messages))
+            _record_lag(app, metrics, messages)
             if outcome.rejected:
                 log.info(
                     "rejected %d message(s): %s", outcome.rejected, dict(outcome.rejected_by_code)
                 )
 
     return app
+
+
+def _record_lag(app: faust.App, metrics: Metrics, messages: list[InboundMessage]) -> None:
+    """Consumer lag per partition after a batch: the partition's high watermark less
+    the next offset to apply (unknown high watermarks are left as they were)."""
+    last: dict[tuple[str, int], int] = {}
+    for message in messages:
+        last[(message.topic, message.partition)] = message.offset
+    for (topic, partition), offset in last.items():
+        try:
+            highwater = app.consumer.highwater(TP(topic, partition))
+        except Exception:  # not assigned any more, or not known yet
+            continue
+        if highwater is not None:
+            lag = max(highwater - (offset + 1), 0)
+            metrics.consumer_lag.labels(str(partition)).set(lag)
 
 
 def _apply(application: SafetyMonitoring, messages: list[InboundMessage]) -> BatchOutcome:

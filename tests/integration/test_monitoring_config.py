@@ -66,6 +66,7 @@ PIPELINE_METRICS = {
     "toxwatch_relay_published_total",
     "toxwatch_alert_dispatch_failures_total",
     "toxwatch_relay_position",
+    "toxwatch_consumer_lag_messages",
 }
 HISTOGRAMS = {"toxwatch_batch_size", "toxwatch_commit_seconds", "toxwatch_alert_delivery_seconds"}
 CATALOGUE = SAFETY_METRICS | PIPELINE_METRICS | HISTOGRAMS
