@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -33,8 +34,11 @@ class _Subject:
     dose_level: str = UNKNOWN
     disease: str = UNKNOWN
     status: str = "enrolled"
-    max_grade: dict[str, int] = field(default_factory=dict)  # CRS / ICANS
-    episode_max: dict[tuple[str, int], int] = field(default_factory=dict)
+    #: CRS / ICANS grade published at each clinical time (a revision replaces it).
+    points: dict[str, dict[datetime, int]] = field(default_factory=dict)
+
+    def max_grade(self, term: str) -> int:
+        return max(self.points.get(term, {}).values(), default=0)
 
 
 @dataclass
@@ -70,7 +74,13 @@ class SafetyPicture:
         elif isinstance(event, Alert.Raised | Alert.Acknowledged | Alert.Resolved):
             self._alert(event)
         elif isinstance(event, SafetyEventRecorded):
-            self._derived(event.contract_type, event.trial_id, event.participant_id, event.data)
+            self._derived(
+                event.contract_type,
+                event.trial_id,
+                event.participant_id,
+                event.effective_at,
+                event.data,
+            )
 
     def _clinical(self, wire: Mapping[str, Any]) -> None:
         kind = wire["type"]
@@ -92,19 +102,17 @@ class SafetyPicture:
             subject.status = "died"
 
     def _derived(
-        self, kind: str, trial_id: str, participant_id: str, data: Mapping[str, Any]
+        self,
+        kind: str,
+        trial_id: str,
+        participant_id: str,
+        at: datetime,
+        data: Mapping[str, Any],
     ) -> None:
-        if kind in ("crs.graded", "icans.graded", "crs.resolved", "icans.resolved"):
-            term = kind.split(".")[0].upper()
-            grade = data["max_grade"] if kind.endswith("resolved") else data["grade"]
-            self._grade(trial_id, participant_id, term, data["episode"], grade, final=False)
-            if kind.endswith("resolved"):
-                self._grade(trial_id, participant_id, term, data["episode"], grade, final=True)
+        if kind in ("crs.graded", "icans.graded"):
+            self._grade(trial_id, participant_id, kind.split(".")[0].upper(), at, data["grade"])
         elif kind == "grade.revised" and data.get("term") in ("CRS", "ICANS"):
-            self._grade(
-                trial_id, participant_id, data["term"], data.get("episode", 0), data["to_grade"],
-                final=False,
-            )  # fmt: skip
+            self._grade(trial_id, participant_id, data["term"], at, data["to_grade"])
         elif kind == "dose.decision" and not data.get("withdrawn"):
             self.decisions[(trial_id, data["dose_level"])] = data["decision"]
         elif kind == "stopping_rule.triggered":
@@ -115,26 +123,13 @@ class SafetyPicture:
             self.paused[trial_id] = False
 
     def _grade(
-        self,
-        trial_id: str,
-        participant_id: str,
-        term: str,
-        episode: int,
-        grade: int,
-        *,
-        final: bool,
+        self, trial_id: str, participant_id: str, term: str, at: datetime, grade: int
     ) -> None:
-        """An episode's highest grade; a resolved episode's ``max_grade`` is final
-        (it reflects revisions of its course)."""
+        """The grade published for a clinical time; a ``grade.revised`` for that time
+        replaces it (late data, corrections, adjudication), so the highest grade is
+        the highest standing one (as the DSMB packet counts it)."""
         subject = self.subjects.setdefault((trial_id, participant_id), _Subject(trial_id))
-        key = (term, episode)
-        if final:
-            subject.episode_max[key] = grade
-        else:
-            subject.episode_max[key] = max(subject.episode_max.get(key, 0), grade)
-        subject.max_grade[term] = max(
-            (g for (t, _), g in subject.episode_max.items() if t == term), default=0
-        )
+        subject.points.setdefault(term, {})[at] = grade
 
     def _alert(self, event: Any) -> None:
         data = event.data
@@ -164,7 +159,7 @@ class SafetyPicture:
             put("toxwatch_participants", 1, status=subject.status, **base)
             if subject.status != "enrolled":
                 for term in ("CRS", "ICANS"):
-                    grade = str(subject.max_grade.get(term, 0))
+                    grade = str(subject.max_grade(term))
                     put(f"toxwatch_{term.lower()}_max_grade_participants", 1, grade=grade, **base)
         for (trial, dose_level), tally in sorted(self.tallies.items()):
             labels = {"trial": trial, "dose_level": dose_level}
@@ -199,9 +194,7 @@ class SafetyPicture:
 SAFETY_PICTURE_CLASSES: tuple[type, ...] = (
     Participant.ClinicalEventRecorded,
     Participant.CRSGraded,
-    Participant.CRSResolved,
     Participant.ICANSGraded,
-    Participant.ICANSResolved,
     Participant.GradeRevised,
     DoseLevel.Opened,
     DoseLevel.Tallied,

@@ -17,7 +17,9 @@ No ``from __future__ import annotations``: FastAPI reads annotations at run time
 """
 
 import asyncio
+import json
 import logging
+import re
 import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict
@@ -44,6 +46,7 @@ from services import alerts as alert_service
 from services import monitor as monitor_service
 from services.application import REJECTION_TOPIC, SAFETY_EVENT_TOPICS, SafetyMonitoring
 from services.auth import Authenticator
+from services.dashboard import dashboard_router
 from services.following import follow_log
 from services.relay import RELAY_NAME
 from services.tokens import NoSuchToken, TokenService
@@ -410,7 +413,12 @@ def create_app(
             trial_id=trial_id,
             participant_id=participant_id,
         )
-        return [AlertOut.of(r) for r in rows if who.sees_site(r.site_id)][:limit]
+        mask = _masker(who, views)
+        return [
+            AlertOut.model_validate(mask(AlertOut.of(r).model_dump(mode="json")))
+            for r in rows
+            if who.sees_site(r.site_id)
+        ][:limit]
 
     @api.get(
         "/alerts/stream",
@@ -432,6 +440,8 @@ def create_app(
             start = min(int(last_event_id), MAX_POSITION)
         if start is None:
             start = app.recorder.max_notification_id() or 0
+
+        mask = _masker(who, views)
 
         async def frames() -> AsyncIterator[dict[str, str]]:
             position = start
@@ -456,7 +466,7 @@ def create_app(
                     yield {
                         "id": str(notification.id),
                         "event": alert.type,
-                        "data": alert.model_dump_json(by_alias=True),
+                        "data": json.dumps(mask(alert.to_wire()), separators=(",", ":")),
                     }
                 if not notifications:
                     await asyncio.sleep(0.1)
@@ -469,7 +479,7 @@ def create_app(
     ) -> AlertDetail:
         """One alert with its history and its evidence events."""
         row = visible_alert(alert_id, who)
-        return AlertDetail(
+        detail = AlertDetail(
             **AlertOut.of(row).model_dump(),
             history=row.history,
             evidence_events=[
@@ -477,6 +487,7 @@ def create_app(
                 for e in _evidence(app, row)
             ],
         )
+        return AlertDetail.model_validate(_masker(who, views)(detail.model_dump(mode="json")))
 
     @api.post(
         "/alerts/{alert_id}/acknowledge",
@@ -504,7 +515,9 @@ def create_app(
         except (AlertAlreadyAcknowledged, AlertRevisionChanged) as conflict:
             raise HTTPException(status.HTTP_409_CONFLICT, str(conflict)) from None
         views.refresh()
-        return AlertOut.of(views.alerts.rows[alert_id])
+        return AlertOut.model_validate(
+            _masker(who, views)(AlertOut.of(views.alerts.rows[alert_id]).model_dump(mode="json"))
+        )
 
     # ------------------------------------------------------------ participants
 
@@ -600,8 +613,9 @@ def create_app(
         except AggregateNotFoundError:
             raise HTTPException(status.HTTP_404_NOT_FOUND, NOT_FOUND) from None
         protocol = app.trial_protocol(trial_id)
+        mask = _masker(who, views)
         events = [
-            _redacted(who, e.to_contract().to_wire())
+            mask(_redacted(who, e.to_contract().to_wire()))
             for e in app.repository.event_store.get(trial_aggregate_id(trial_id))
             if isinstance(e, SafetyEventRecorded)
         ]
@@ -656,6 +670,7 @@ def create_app(
         page: list[PositionedEvent] = []
         if who.role == "site":
             views.refresh()
+        mask = _masker(who, views)
         for notification in notifications:
             event: Any = app.mapper.to_domain_event(notification)
             contract = event.to_contract()
@@ -663,7 +678,7 @@ def create_app(
                 continue
             if not who.sees_site(_site_of(views, contract)):
                 continue
-            wire = _redacted(who, contract.to_wire())
+            wire = mask(_redacted(who, contract.to_wire()))
             page.append(PositionedEvent(position=notification.id, event=wire))
         return EventPage(events=page, next_after=notifications[-1].id if notifications else after)
 
@@ -714,9 +729,40 @@ def create_app(
             raise HTTPException(status.HTTP_409_CONFLICT, str(error)) from None
         return _token_out(info)
 
+    api.include_router(dashboard_router(app, views, auth, now))
     api.state.read_models = views
     api.state.stop = stop
     return api
+
+
+OTHER_SITE = "participant of another site"
+
+
+def _masker(who: Principal, views: ReadModels) -> Any:
+    """For a site user: a function replacing, in any JSON value, every id of another
+    site's participant (free texts of trial-level events and alerts name them); for
+    anyone else: the identity."""
+    if who.role != "site":
+        return lambda value: value
+    others = sorted(
+        (p for (_, p), site in views.participants.items() if not who.sees_site(site)),
+        key=len,
+        reverse=True,
+    )
+    if not others:
+        return lambda value: value
+    pattern = re.compile("|".join(re.escape(p) for p in others))
+
+    def mask(value: Any) -> Any:
+        if isinstance(value, str):
+            return pattern.sub(OTHER_SITE, value)
+        if isinstance(value, dict):
+            return {k: mask(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [mask(v) for v in value]
+        return value
+
+    return mask
 
 
 def _redacted(who: Principal, event: dict[str, Any]) -> dict[str, Any]:

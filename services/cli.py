@@ -26,6 +26,8 @@ app.add_typer(protocol_app, name="protocol")
 token_app = typer.Typer(no_args_is_help=True, help="API tokens (stored hashed).")
 report_app = typer.Typer(no_args_is_help=True, help="Reports from the event store.")
 app.add_typer(report_app, name="report")
+dashboard_app = typer.Typer(no_args_is_help=True, help="The built-in HTML dashboard.")
+app.add_typer(dashboard_app, name="dashboard")
 app.add_typer(token_app, name="token")
 
 
@@ -316,6 +318,32 @@ def token_list() -> None:
             f"expires {info.expires_at or 'never'}\t"
             f"{'revoked ' + str(info.revoked_at) if info.revoked_at else 'active'}"
         )
+
+
+@dashboard_app.command("screenshots")
+def dashboard_screenshots(
+    out: Annotated[Path, typer.Option(help="Directory for one PNG per page.")],
+    url: Annotated[
+        str | None, typer.Option(help="API base URL (default: TOXWATCH_API_HOST/PORT).")
+    ] = None,
+) -> None:
+    """Screenshot every dashboard page with headless Chromium, for review; the token
+    is read from TOXWATCH_TOKEN (never from the command line)."""
+    from services.screenshots import BrowserError, take_screenshots
+
+    token = os.environ.get("TOXWATCH_TOKEN", "")
+    if not token:
+        typer.echo("set TOXWATCH_TOKEN to a monitor, dsmb, auditor or site token", err=True)
+        raise typer.Exit(2)
+    settings = _settings()
+    host = "127.0.0.1" if settings.api_host in ("0.0.0.0", "::") else settings.api_host
+    try:
+        written = take_screenshots(url or f"http://{host}:{settings.api_port}", token, out)
+    except BrowserError as error:
+        typer.echo(f"cannot take screenshots: {error}", err=True)
+        raise typer.Exit(1) from None
+    for path in written:
+        typer.echo(str(path))
 
 
 @report_app.command("dsmb")

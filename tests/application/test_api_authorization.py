@@ -469,3 +469,15 @@ def test_a_forbidden_revocation_leaves_the_token_working(world):
         )
         assert response.status_code == 403
     assert world.call("GET", "/alerts", token.token).status_code == 200
+
+
+@pytest.mark.parametrize("path", [f"/trials/{TRIAL}/status", "/alerts?limit=1000"])
+def test_free_texts_read_by_a_site_name_no_participant_of_another_site(world, path):
+    # Trial-level findings and alerts say whose grade 4 CRS paused enrolment; a site
+    # reads them with the other sites' participants masked (decision 10: own site only).
+    others = {p for (_, p), s in world.views.participants.items() if s != OWN_SITE}
+    seen = world.call("GET", path, world.tokens["site"])
+    everything = world.call("GET", path, world.tokens["monitor"])
+    assert seen.status_code == everything.status_code == 200
+    assert not [p for p in others if p in seen.text]
+    assert [p for p in others if p in everything.text], "the fixture names other sites"

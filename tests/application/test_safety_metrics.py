@@ -140,3 +140,30 @@ def test_the_death_is_an_open_critical_alert_and_the_grades_open_high_ones(
 def test_no_label_is_a_participant_id(metrics: dict[Any, float]) -> None:
     values = {value for _, labels in metrics for _, value in labels}
     assert not {v for v in values if v.startswith("G79-")}
+
+
+def test_the_crs_distribution_agrees_with_the_dsmb_packet_on_a_simulated_cohort() -> None:
+    # Two folds of the same log (the metrics' and the packet's) must count each
+    # infused participant at the same highest standing CRS grade (revisions applied).
+    from projections.dsmb import dsmb_data
+    from services.simulator import CohortSpec, simulate_cohort
+
+    app = in_memory_application()
+    cohort = simulate_cohort(CohortSpec(participants=9, follow_up_days=40, dlt_heavy_dose="DL3"))
+    process_lines(
+        [m.value for m in cohort], io.StringIO(), app=app, now=datetime(2026, 6, 1, tzinfo=UTC)
+    )
+    gauges = ReadModels(app).gauges()
+    from_metrics: dict[str, list[int]] = {}
+    for labels, value in gauges["toxwatch_crs_max_grade_participants"].items():
+        found = dict(labels)
+        from_metrics.setdefault(found["dose_level"], [0] * 6)[int(found["grade"])] += int(value)
+    notifications = app.recorder.select_notifications(
+        start=0, limit=10**7, inclusive_of_start=False
+    )
+    report = dsmb_data(
+        ((n.id, app.mapper.to_domain_event(n)) for n in notifications),
+        trial_id=TRIAL, as_of=None, planned_enrolment=42, dose_levels=["DL1", "DL2", "DL3"],
+    )  # fmt: skip
+    assert from_metrics == {row.dose_level: list(row.by_max_grade) for row in report.crs_summary}
+    assert sum(map(sum, from_metrics.values())) == 9
