@@ -189,6 +189,7 @@ def run_demo(settings: Settings, options: DemoOptions) -> int:
         console.print(f"logs        {run_dir}")
         console.print(f"API         {api_url}/docs   (OpenAPI: {api_url}/openapi.json)")
         console.print(f"token       {token}   (role monitor)")
+        console.print(f"dashboard   {api_url}/dashboard   (sign in with the token)")
         console.print(
             f"try         curl -H 'Authorization: Bearer {token}' '{api_url}/alerts?status=open'"
         )
