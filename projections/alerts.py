@@ -521,13 +521,11 @@ class Alert(Aggregate):
 
     def raise_revision(self, command: RaiseAlert) -> None:
         finding = command.finding
-        self.trigger_event(
+        self._publish(
             self.Raised,
-            trial_id=self.trial_id,
-            participant_id=self.participant_id,
-            dose_level=finding.dose_level,
             effective_at=finding.effective_at,
             caused_by=list(finding.evidence),
+            dose_level=finding.dose_level,
             data={
                 "alert_id": self.alert_id,
                 "revision": command.revision,
@@ -553,13 +551,11 @@ class Alert(Aggregate):
         """A person acknowledges the current revision (a human action, with who and why)."""
         self.check_revision(revision)
         self.check_not_acknowledged()
-        self.trigger_event(
+        self._publish(
             self.Acknowledged,
-            trial_id=self.trial_id,
-            participant_id=self.participant_id,
-            dose_level=self.dose_level,
             effective_at=at,
             caused_by=[],
+            dose_level=self.dose_level,
             data={
                 "alert_id": self.alert_id,
                 "revision": self.revision,
@@ -570,13 +566,11 @@ class Alert(Aggregate):
         )
 
     def escalate(self, command: EscalateAlert) -> None:
-        self.trigger_event(
+        self._publish(
             self.Escalated,
-            trial_id=self.trial_id,
-            participant_id=self.participant_id,
-            dose_level=self.dose_level,
             effective_at=command.at,
             caused_by=[],
+            dose_level=self.dose_level,
             data={
                 "alert_id": self.alert_id,
                 "revision": self.revision,
@@ -592,13 +586,11 @@ class Alert(Aggregate):
         )
 
     def resolve(self, command: ResolveAlert) -> None:
-        self.trigger_event(
+        self._publish(
             self.Resolved,
-            trial_id=self.trial_id,
-            participant_id=self.participant_id,
-            dose_level=self.dose_level,
             effective_at=command.at,
             caused_by=list(command.evidence),
+            dose_level=self.dose_level,
             data={
                 "alert_id": self.alert_id,
                 "revision": self.revision,
@@ -611,6 +603,26 @@ class Alert(Aggregate):
                 "notify": list(command.notify),
                 "channels": list(command.channels),
             },
+        )
+
+    def _publish(
+        self,
+        cls: type[SafetyEventRecorded],
+        *,
+        effective_at: datetime,
+        caused_by: list[str],
+        dose_level: str | None,
+        data: dict[str, Any],
+    ) -> None:
+        """Record one of the alert's contract events (they share the envelope)."""
+        self.trigger_event(
+            cls,
+            trial_id=self.trial_id,
+            participant_id=self.participant_id,
+            dose_level=dose_level,
+            effective_at=effective_at,
+            caused_by=caused_by,
+            data=data,
         )
 
     def check_revision(self, revision: int | None) -> None:
