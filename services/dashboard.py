@@ -677,45 +677,40 @@ def dashboard_router(
         return page(request, Permission.READ_TRIAL, "overview.html", trial, build,
                     "Trial overview")  # fmt: skip
 
-    @router.get("/safety")
-    def safety_page(request: Request, trial: Trial = None) -> HTMLResponse:
-        def build(who: Principal, trial_id: str, report: DSMBReport) -> dict[str, Any]:
-            return safety(report, site_filter(who, trial_id))
+    def site_filtered(
+        permission: Permission,
+        template: str,
+        title: str,
+        view: Callable[[DSMBReport, Any], dict[str, Any]],
+    ) -> Callable[..., HTMLResponse]:
+        """A page drawn by ``view`` from the report, for the caller's sites."""
 
-        return page(request, Permission.READ_TRIAL, "safety.html", trial, build,
-                    "CRS and ICANS by dose level and disease")  # fmt: skip
+        def route(request: Request, trial: Trial = None) -> HTMLResponse:
+            def build(who: Principal, trial_id: str, report: DSMBReport) -> dict[str, Any]:
+                return view(report, site_filter(who, trial_id))
 
-    @router.get("/swimmer")
-    def swimmer_route(request: Request, trial: Trial = None) -> HTMLResponse:
-        def build(who: Principal, trial_id: str, report: DSMBReport) -> dict[str, Any]:
-            return swimmer_page(report, site_filter(who, trial_id))
+            return page(request, permission, template, trial, build, title)
 
-        return page(request, Permission.READ_PARTICIPANTS, "swimmer.html", trial, build,
-                    "Swimmer plot")  # fmt: skip
+        return route
 
-    @router.get("/cytopenia")
-    def cytopenia_page(request: Request, trial: Trial = None) -> HTMLResponse:
-        def build(who: Principal, trial_id: str, report: DSMBReport) -> dict[str, Any]:
-            return cytopenia(report, site_filter(who, trial_id))
-
-        return page(request, Permission.READ_PARTICIPANTS, "cytopenia.html", trial, build,
-                    "Cytopenia: ANC and ICAHT")  # fmt: skip
-
-    @router.get("/kinetics")
-    def kinetics_page(request: Request, trial: Trial = None) -> HTMLResponse:
-        def build(who: Principal, trial_id: str, report: DSMBReport) -> dict[str, Any]:
-            return kinetics(report, site_filter(who, trial_id))
-
-        return page(request, Permission.READ_PARTICIPANTS, "kinetics.html", trial, build,
-                    "Cellular kinetics")  # fmt: skip
-
-    @router.get("/disease")
-    def disease_page(request: Request, trial: Trial = None) -> HTMLResponse:
-        def build(who: Principal, trial_id: str, report: DSMBReport) -> dict[str, Any]:
-            return disease(report, site_filter(who, trial_id))
-
-        return page(request, Permission.READ_PARTICIPANTS, "disease.html", trial, build,
-                    "Disease activity")  # fmt: skip
+    for path, permission, template, title, view in (
+        ("/safety", Permission.READ_TRIAL, "safety.html",
+         "CRS and ICANS by dose level and disease", safety),
+        ("/swimmer", Permission.READ_PARTICIPANTS, "swimmer.html", "Swimmer plot",
+         swimmer_page),
+        ("/cytopenia", Permission.READ_PARTICIPANTS, "cytopenia.html",
+         "Cytopenia: ANC and ICAHT", cytopenia),
+        ("/kinetics", Permission.READ_PARTICIPANTS, "kinetics.html", "Cellular kinetics",
+         kinetics),
+        ("/disease", Permission.READ_PARTICIPANTS, "disease.html", "Disease activity",
+         disease),
+    ):  # fmt: skip
+        router.add_api_route(
+            path,
+            site_filtered(permission, template, title, view),
+            methods=["GET"],
+            response_class=HTMLResponse,
+        )
 
     @router.get("/alerts")
     def alerts_route(request: Request, trial: Trial = None) -> HTMLResponse:
