@@ -6,7 +6,10 @@
     ├── ProtocolViolation        a command the rules forbid (domain guards, ``check_*``)
     │   ├── AlertAlreadyAcknowledged
     │   └── AlertRevisionChanged
-    └── NotFound                 an aggregate or view row that does not exist
+    ├── NotFound                 an aggregate or view row that does not exist
+    ├── AccessError              (domain.access) token grants; AuthenticationFailed (services)
+    ├── DeliveryFailed           (infra.channels) one failed alert delivery attempt
+    └── AuditError               (services.audit) a missing key, a refused checkpoint
 """
 
 from __future__ import annotations

@@ -547,6 +547,59 @@ def bench_alerts(
     )
 
 
+audit_app = typer.Typer(
+    no_args_is_help=True, help="Tamper evidence: hash chain, signed checkpoints."
+)
+app.add_typer(audit_app, name="audit")
+
+
+@audit_app.command("checkpoint")
+def audit_checkpoint(
+    out: Annotated[
+        Path | None, typer.Option(help="Also append the checkpoint (a JSON line) to this file.")
+    ] = None,
+) -> None:
+    """Extend the hash chain to the end of the log and record a signed checkpoint
+    (key: TOXWATCH_AUDIT_KEY or TOXWATCH_AUDIT_KEY_FILE); print it, to keep off-site."""
+    from datetime import UTC, datetime
+
+    from services.audit import AuditError, append_checkpoint, audit_key_from_env, checkpoint
+    from services.bootstrap import build_application
+
+    try:
+        key = audit_key_from_env()
+        signed = checkpoint(build_application(_settings()), key, now=datetime.now(UTC))
+    except AuditError as error:
+        typer.echo(f"cannot checkpoint: {error}", err=True)
+        raise typer.Exit(1) from None
+    if out is not None:
+        append_checkpoint(out, signed)
+    typer.echo(signed.to_json())
+
+
+@audit_app.command("verify")
+def audit_verify(
+    checkpoints: Annotated[
+        Path | None, typer.Option(help="Exported checkpoints (JSON lines) to verify against too.")
+    ] = None,
+) -> None:
+    """Recompute the hash chain over the stored events and check every checkpoint;
+    exit 1 naming the first bad position if the store was tampered with."""
+    from services.audit import AuditError, audit_key_from_env, load_checkpoints, verify
+    from services.bootstrap import build_application
+
+    try:
+        key = audit_key_from_env()
+        exported = load_checkpoints(checkpoints) if checkpoints is not None else []
+        result = verify(build_application(_settings()), key, exported)
+    except AuditError as error:
+        typer.echo(f"cannot verify: {error}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(result.summary())
+    if not result.ok:
+        raise typer.Exit(1)
+
+
 def main() -> None:
     logging.basicConfig(
         level=os.environ.get("TOXWATCH_LOG_LEVEL", "WARNING"),
