@@ -45,6 +45,7 @@ from projections.safety_metrics import SAFETY_PICTURE_CLASSES, SafetyPicture
 from services import alerts as alert_service
 from services import monitor as monitor_service
 from services.application import REJECTION_TOPIC, SAFETY_EVENT_TOPICS, SafetyMonitoring
+from services.audit import audit_trail
 from services.auth import Authenticator
 from services.dashboard import dashboard_router
 from services.following import follow_log
@@ -274,6 +275,20 @@ class PositionedEvent(BaseModel):
 class EventPage(BaseModel):
     events: list[PositionedEvent]
     next_after: int
+
+
+class AuditEntryOut(BaseModel):
+    position: int
+    recorded_at: datetime
+    at: datetime
+    who: str
+    action: str
+    what: str
+    why: str
+    trial_id: str | None
+    participant_id: str | None
+    original: dict[str, Any] | None
+    replacement: dict[str, Any] | None
 
 
 class TokenRequest(BaseModel):
@@ -681,6 +696,25 @@ def create_app(
             wire = mask(_redacted(who, contract.to_wire()))
             page.append(PositionedEvent(position=notification.id, event=wire))
         return EventPage(events=page, next_after=notifications[-1].id if notifications else after)
+
+    # ------------------------------------------------------------ audit
+
+    @api.get("/audit/trail", tags=["audit"])
+    def audit_trail_endpoint(
+        who: Annotated[Principal, reader(Permission.READ_AUDIT)],
+        participant_id: Annotated[str | None, Query(max_length=64)] = None,
+        since: datetime | None = None,
+        limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+    ) -> list[AuditEntryOut]:
+        """Every human action on the record, in log order: who, when, what and why;
+        corrections and voids with the original (and replacement) data."""
+        if since is not None and since.tzinfo is None:
+            raise RequestValidationError(
+                [{"type": "timezone", "loc": ("query", "since"), "msg": "needs an offset",
+                  "input": str(since)}]
+            )  # fmt: skip
+        entries = audit_trail(app).select(participant_id=participant_id, since=since)
+        return [AuditEntryOut.model_validate(asdict(e)) for e in entries[:limit]]
 
     # ------------------------------------------------------------ tokens
 

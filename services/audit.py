@@ -523,3 +523,26 @@ def verify(
         problem=problem,
         unanchored=unanchored,
     )
+
+
+# ---------------------------------------------------------------- the audit trail
+
+
+def audit_trail(app: Any) -> Any:
+    """Every human action on the record (``projections.audit_trail``), from the log."""
+    from eventsourcing.utils import get_topic
+
+    from projections.audit_trail import AUDIT_TRAIL_CLASSES, AuditTrail
+
+    topics = [get_topic(cls) for cls in AUDIT_TRAIL_CLASSES]
+    trail = AuditTrail()
+    after = 0
+    while True:
+        page = app.recorder.select_notifications(
+            start=after, limit=1000, topics=topics, inclusive_of_start=False
+        )
+        if not page:
+            return trail
+        for notification in page:
+            trail.apply(app.mapper.to_domain_event(notification), notification.id)
+        after = page[-1].id

@@ -600,6 +600,43 @@ def audit_verify(
         raise typer.Exit(1)
 
 
+@audit_app.command("trail")
+def audit_trail_command(
+    participant: Annotated[str | None, typer.Option(help="Only this participant.")] = None,
+    since: Annotated[
+        str | None, typer.Option(help="Recorded at or after (ISO 8601 with offset).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of text.")] = False,
+) -> None:
+    """Every human action on the record: acknowledgements, adjudications, corrections
+    (original and replacement), voids, committee decisions, protocol activations,
+    tokens issued and revoked, with who, when, what and why."""
+    from dataclasses import asdict
+    from datetime import datetime
+
+    from services.audit import audit_trail
+    from services.bootstrap import build_application
+
+    moment = datetime.fromisoformat(since) if since else None
+    if moment is not None and moment.tzinfo is None:
+        typer.echo("--since needs a UTC offset", err=True)
+        raise typer.Exit(2)
+    for entry in audit_trail(build_application(_settings())).select(
+        participant_id=participant, since=moment
+    ):
+        if as_json:
+            typer.echo(json.dumps(asdict(entry), default=str, sort_keys=True))
+            continue
+        typer.echo(
+            f"{entry.recorded_at.isoformat(timespec='seconds')}  {entry.action:<20} "
+            f"{entry.who}  {entry.participant_id or '-'}  {entry.what}  (why: {entry.why})"
+        )
+        if entry.original is not None or entry.replacement is not None:
+            typer.echo(f"    original:    {json.dumps(entry.original, sort_keys=True)}")
+            if entry.replacement is not None:
+                typer.echo(f"    replacement: {json.dumps(entry.replacement, sort_keys=True)}")
+
+
 def main() -> None:
     logging.basicConfig(
         level=os.environ.get("TOXWATCH_LOG_LEVEL", "WARNING"),

@@ -52,6 +52,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "GET /trials/{trial_id}/status": CLINICAL,
     "GET /trials/{trial_id}/kinetics": CLINICAL,
     "GET /events": CLINICAL,
+    "GET /audit/trail": frozenset({"auditor"}),
     "GET /tokens": frozenset({"admin", "auditor"}),
     "POST /tokens": frozenset({"admin"}),
     "POST /tokens/{token_id}/revoke": frozenset({"admin"}),
@@ -194,6 +195,7 @@ def request_for(endpoint: str, world: World, *, allowed: bool) -> Request:
         "GET /trials/{trial_id}/status": ("GET", f"/trials/{TRIAL}/status", None),
         "GET /trials/{trial_id}/kinetics": ("GET", f"/trials/{TRIAL}/kinetics", None),
         "GET /events": ("GET", "/events?limit=5", None),
+        "GET /audit/trail": ("GET", "/audit/trail?limit=5", None),
         "GET /tokens": ("GET", "/tokens", None),
         "POST /tokens": ("POST", "/tokens", {"role": "dsmb", "name": "new member"}),
     }[endpoint]

@@ -56,6 +56,7 @@ OPERATIONS: dict[tuple[str, str], bool] = {
     ("GET", "/trials/{trial_id}/status"): False,
     ("GET", "/trials/{trial_id}/kinetics"): False,
     ("GET", "/events"): True,
+    ("GET", "/audit/trail"): True,
     ("GET", "/tokens"): False,
     ("POST", "/tokens"): True,
     ("POST", "/tokens/{token_id}/revoke"): True,
