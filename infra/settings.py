@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -68,9 +68,34 @@ class Settings(BaseSettings):
     api_port: int = 8079
     api_base_url: str | None = None
 
+    # encryption at rest (infra.store.KeyringCipher): keys newest first, base64 AES-256
+    cipher_key: SecretStr | None = None
+    cipher_key_file: Path | None = None
+    cipher_keys_previous: SecretStr | None = None
+    require_encryption: bool = False
+
     @property
     def sqlite_path(self) -> Path:
         return self.sqlite_file or self.data_dir / "toxwatch.sqlite3"
+
+    def cipher_keys(self) -> tuple[str, ...]:
+        """The keyring, newest (current) first; empty when encryption is off.
+
+        ``TOXWATCH_CIPHER_KEY`` (or the first key of ``TOXWATCH_CIPHER_KEY_FILE``, one
+        key a line, ``#`` comments) encrypts; the rest of the file and
+        ``TOXWATCH_CIPHER_KEYS_PREVIOUS`` (comma-separated) only decrypt.
+        """
+        keys: list[str] = []
+        if self.cipher_key is not None:
+            keys.append(self.cipher_key.get_secret_value())
+        if self.cipher_key_file is not None:
+            for line in self.cipher_key_file.read_text().splitlines():
+                if (key := line.split("#", 1)[0].strip()) and key not in keys:
+                    keys.append(key)
+        if self.cipher_keys_previous is not None:
+            previous = self.cipher_keys_previous.get_secret_value().split(",")
+            keys.extend(key for p in previous if (key := p.strip()) and key not in keys)
+        return tuple(key for key in keys if key)
 
     @property
     def topics(self) -> tuple[str, ...]:

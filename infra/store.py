@@ -3,22 +3,146 @@
 The recorders here extend eventsourcing's process recorders so that one batch can
 carry the tracking positions of several Kafka partitions: the new domain events and
 every partition's position are written in one transaction (architecture decision 4).
+
+With cipher keys configured (``Settings.cipher_keys``), each stored event's ``state``
+is compressed (zlib) and then encrypted by ``KeyringCipher`` (architecture decision
+10). Its ciphertext layout, version 1::
+
+    b"TK" | 0x01 | key id (4 bytes) | nonce (12) | GCM tag (16) | encrypted
+
+``key id`` is the first 4 bytes of SHA-256(b"toxwatch-cipher-key-id\x00" || key); the
+rest is eventsourcing's ``AESCipher`` (AES-GCM) output unchanged. The current key
+encrypts; the current and every previous key decrypt, each picked by its id.
 """
 
 from __future__ import annotations
 
+import hashlib
+from base64 import b64decode
 from collections.abc import Sequence
 from typing import Any
 
-from eventsourcing.persistence import StoredEvent, Tracking
+from eventsourcing.cryptography import AESCipher
+from eventsourcing.persistence import Cipher, StoredEvent, Tracking
 from eventsourcing.postgres import PostgresProcessRecorder
 from eventsourcing.sqlite import SQLiteProcessRecorder
+from eventsourcing.utils import Environment
 from psycopg import Cursor
 from psycopg.rows import DictRow
 
+from domain.errors import ToxWatchError
 from infra.settings import Settings
 
 TRACKINGS = "trackings"
+CIPHER_TOPIC = "infra.store:KeyringCipher"
+COMPRESSOR_TOPIC = "eventsourcing.compressor:ZlibCompressor"
+PREVIOUS_KEYS = "CIPHER_KEYS_PREVIOUS"
+CIPHER_MAGIC = b"TK\x01"
+KEY_ID_BYTES = 4
+HEADER_BYTES = len(CIPHER_MAGIC) + KEY_ID_BYTES
+KEY_BYTES = 32
+_KEY_ID_DOMAIN = b"toxwatch-cipher-key-id\x00"
+
+
+class CipherKeyError(ToxWatchError, ValueError):
+    """A cipher key is malformed, or a stored event needs a key the keyring lacks."""
+
+
+def decode_key(key: str) -> bytes:
+    """The raw bytes of a base64 AES-256 key."""
+    try:
+        raw = b64decode(key.encode(), validate=True)
+    except ValueError:
+        raise CipherKeyError("a cipher key is not valid base64") from None
+    if len(raw) != KEY_BYTES:
+        raise CipherKeyError(f"a cipher key must be {KEY_BYTES} bytes (AES-256), not {len(raw)}")
+    return raw
+
+
+def key_id(key: str) -> bytes:
+    return hashlib.sha256(_KEY_ID_DOMAIN + decode_key(key)).digest()[:KEY_ID_BYTES]
+
+
+def new_key() -> str:
+    """A new random AES-256 key, base64."""
+    return AESCipher.create_key(KEY_BYTES)
+
+
+def is_encrypted(state: bytes) -> bool:
+    return state[: len(CIPHER_MAGIC)] == CIPHER_MAGIC
+
+
+def ciphertext_key_id(state: bytes) -> bytes | None:
+    return state[len(CIPHER_MAGIC) : HEADER_BYTES] if is_encrypted(state) else None
+
+
+class KeyringCipher(Cipher):
+    """eventsourcing cipher (``CIPHER_TOPIC``) over a keyring: encrypts with
+    ``CIPHER_KEY`` and decrypts with it or any of ``CIPHER_KEYS_PREVIOUS``
+    (comma-separated), choosing the key by the id in the ciphertext's header."""
+
+    def __init__(self, environment: Environment) -> None:
+        current = environment.get(AESCipher.CIPHER_KEY)
+        if not current:
+            raise CipherKeyError(f"{AESCipher.CIPHER_KEY} is not set")
+        previous = (environment.get(PREVIOUS_KEYS) or "").split(",")
+        keys = [current, *(key.strip() for key in previous if key.strip())]
+        self._ciphers = {
+            key_id(key): AESCipher(Environment(env={AESCipher.CIPHER_KEY: key})) for key in keys
+        }
+        self.current_key_id = key_id(current)
+
+    @classmethod
+    def from_keys(cls, keys: Sequence[str]) -> KeyringCipher:
+        """The keyring of ``keys``, newest (current) first."""
+        current, *previous = keys
+        return cls(
+            Environment(env={AESCipher.CIPHER_KEY: current, PREVIOUS_KEYS: ",".join(previous)})
+        )
+
+    @property
+    def key_ids(self) -> tuple[str, ...]:
+        return tuple(kid.hex() for kid in self._ciphers)
+
+    def encrypt(self, plaintext: bytes) -> bytes:
+        ciphertext = self._ciphers[self.current_key_id].encrypt(plaintext)
+        return CIPHER_MAGIC + self.current_key_id + ciphertext
+
+    def decrypt(self, ciphertext: bytes) -> bytes:
+        kid = ciphertext_key_id(ciphertext)
+        if kid is None:
+            raise CipherKeyError(
+                "the stored state is not encrypted (a store written without a cipher key: "
+                "encrypt it with `toxwatch key rotate`)"
+            )
+        cipher = self._ciphers.get(kid)
+        if cipher is None:
+            known = ", ".join(self.key_ids)
+            raise CipherKeyError(
+                f"the stored state was encrypted with key id {kid.hex()}, "
+                f"not in the keyring (key ids {known})"
+            )
+        return cipher.decrypt(ciphertext[HEADER_BYTES:])
+
+
+def cipher_env(settings: Settings) -> dict[str, str]:
+    """The cipher and compressor environment; empty when encryption is off."""
+    keys = settings.cipher_keys()
+    if not keys:
+        if settings.require_encryption:
+            raise CipherKeyError(
+                "encryption is required (TOXWATCH_REQUIRE_ENCRYPTION) but no key is set: "
+                "TOXWATCH_CIPHER_KEY or TOXWATCH_CIPHER_KEY_FILE"
+            )
+        return {}
+    for key in keys:
+        decode_key(key)
+    return {
+        "CIPHER_TOPIC": CIPHER_TOPIC,
+        AESCipher.CIPHER_KEY: keys[0],
+        PREVIOUS_KEYS: ",".join(keys[1:]),
+        "COMPRESSOR_TOPIC": COMPRESSOR_TOPIC,
+    }
 
 
 class SQLiteBatchRecorder(SQLiteProcessRecorder):
@@ -58,7 +182,7 @@ def eventsourcing_env(settings: Settings) -> dict[str, str]:
     common = {
         "AGGREGATE_CACHE_MAXSIZE": str(settings.aggregate_cache_size),
         "ORIGINATOR_ID_TYPE": "uuid",
-    }
+    } | cipher_env(settings)
     if settings.store == "postgres":
         return common | {
             "PERSISTENCE_MODULE": "eventsourcing.postgres",

@@ -163,7 +163,14 @@ class SafetyMonitoring(Application[UUID]):
             try:
                 applied = self._apply_event(batch, message, result)
             except Exception as error:
-                log.exception("applying %s (%s) failed", result.event_id, result.type)
+                # The position and type only: an event id can name a participant.
+                log.exception(
+                    "applying a %s at %s#%d@%d failed",
+                    result.type,
+                    message.topic,
+                    message.partition,
+                    message.offset,
+                )
                 raise _PoisonMessage(position, f"{type(error).__name__}: {error}"[:500]) from error
             if applied:
                 outcome.accepted_by_type[result.type] += 1

@@ -10,7 +10,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -635,6 +635,52 @@ def audit_trail_command(
             typer.echo(f"    original:    {json.dumps(entry.original, sort_keys=True)}")
             if entry.replacement is not None:
                 typer.echo(f"    replacement: {json.dumps(entry.replacement, sort_keys=True)}")
+
+
+@app.command("export")
+def export(
+    kind: Annotated[
+        Literal["jsonl", "sdtm", "fhir"],
+        typer.Argument(help="jsonl (clinical + derived), sdtm (CSV + define) or fhir (R4 Bundle)."),
+    ],
+    out: Annotated[Path, typer.Option(help="Folder to write the export into.")] = Path("."),
+) -> None:
+    """Export the record: JSONL, CDISC SDTM-shaped CSV or an HL7 FHIR R4 Bundle."""
+    from services.bootstrap import build_application
+    from services.exports import EXPORTS
+
+    counts = EXPORTS[kind](build_application(_settings()), out)
+    for name, count in counts.items():
+        typer.echo(f"{name}\t{count}")
+
+
+key_app = typer.Typer(no_args_is_help=True, help="Encryption-at-rest keys: generate, rotate.")
+app.add_typer(key_app, name="key")
+
+
+@key_app.command("generate")
+def key_generate() -> None:
+    """Print a new random AES-256 key (base64) for TOXWATCH_CIPHER_KEY or a key file."""
+    from services.keys import generate_key
+
+    typer.echo(generate_key())
+
+
+@key_app.command("rotate")
+def key_rotate(
+    batch: Annotated[int, typer.Option(help="Events re-encrypted per transaction.")] = 500,
+) -> None:
+    """Re-encrypt every stored event with the current key (TOXWATCH_CIPHER_KEY, previous
+    keys in TOXWATCH_CIPHER_KEYS_PREVIOUS or the key file) so old keys can be retired."""
+    from infra.store import CipherKeyError
+    from services.keys import KeyRotationError, rotate
+
+    try:
+        report = rotate(_settings(), batch=batch)
+    except (KeyRotationError, CipherKeyError) as error:
+        typer.echo(f"cannot rotate: {error}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(report.summary())
 
 
 def main() -> None:
