@@ -45,7 +45,7 @@ from projections.safety_metrics import SAFETY_PICTURE_CLASSES, SafetyPicture
 from services import alerts as alert_service
 from services import monitor as monitor_service
 from services.application import REJECTION_TOPIC, SAFETY_EVENT_TOPICS, SafetyMonitoring
-from services.audit import audit_trail
+from services.audit import audit_trail, participant_as_of
 from services.auth import Authenticator
 from services.dashboard import dashboard_router
 from services.following import follow_log
@@ -715,6 +715,27 @@ def create_app(
             )  # fmt: skip
         entries = audit_trail(app).select(participant_id=participant_id, since=since)
         return [AuditEntryOut.model_validate(asdict(e)) for e in entries[:limit]]
+
+    @api.get("/audit/as-of/participants/{trial_id}/{participant_id}", tags=["audit"])
+    def participant_as_of_endpoint(
+        trial_id: str,
+        participant_id: str,
+        who: Annotated[Principal, reader(Permission.READ_AUDIT)],
+        recorded_at: datetime | None = None,
+        clinical_at: datetime | None = None,
+    ) -> dict[str, Any]:
+        """What ToxWatch knew as recorded up to ``recorded_at`` (derived events, alerts
+        and their state then) and each term's grade in force at ``clinical_at``."""
+        for name, moment in (("recorded_at", recorded_at), ("clinical_at", clinical_at)):
+            if moment is not None and moment.tzinfo is None:
+                raise RequestValidationError(
+                    [{"type": "timezone", "loc": ("query", name), "msg": "needs an offset",
+                      "input": str(moment)}]
+                )  # fmt: skip
+        visible_participant(trial_id, participant_id, who)
+        return participant_as_of(
+            app, trial_id, participant_id, recorded_at=recorded_at, clinical_at=clinical_at
+        )
 
     # ------------------------------------------------------------ tokens
 

@@ -546,3 +546,50 @@ def audit_trail(app: Any) -> Any:
         for notification in page:
             trail.apply(app.mapper.to_domain_event(notification), notification.id)
         after = page[-1].id
+
+
+# ---------------------------------------------------------------- as of
+
+
+def participant_as_of(
+    app: Any,
+    trial_id: str,
+    participant_id: str,
+    *,
+    recorded_at: datetime | None,
+    clinical_at: datetime | None,
+) -> dict[str, Any]:
+    """What ToxWatch knew of a participant as recorded up to ``recorded_at`` (all of it
+    without), and the grades in force at the clinical time ``clinical_at`` (default:
+    ``recorded_at``, else the latest clinical time known)."""
+    from eventsourcing.utils import get_topic
+
+    from domain.participant import participant_aggregate_id
+    from projections.alerts import ALERT_EVENT_CLASSES
+    from projections.asof import AsOf
+
+    state = AsOf(recorded_at)
+    for event in app.repository.event_store.get(participant_aggregate_id(trial_id, participant_id)):
+        state.apply(event)
+    topics = [get_topic(cls) for cls in ALERT_EVENT_CLASSES]
+    after = 0
+    while page := app.recorder.select_notifications(
+        start=after, limit=1000, topics=topics, inclusive_of_start=False
+    ):
+        for notification in page:
+            event = app.mapper.to_domain_event(notification)
+            if event.trial_id == trial_id and event.participant_id == participant_id:
+                state.apply(event)
+        after = page[-1].id
+    moments = [datetime.fromisoformat(e["occurred_at"]) for e in state.clinical]
+    when = clinical_at or recorded_at or (max(moments) if moments else None)
+    return {
+        "trial_id": trial_id,
+        "participant_id": participant_id,
+        "recorded_at": recorded_at.isoformat() if recorded_at else None,
+        "clinical_at": when.isoformat() if when else None,
+        "clinical_events_known": len(state.clinical),
+        "derived_events_known": len(state.derived),
+        "grades": state.grades_at(when) if when else {},
+        "alerts": sorted(state.alerts.values(), key=lambda a: (a["raised_at"], a["alert_id"])),
+    }

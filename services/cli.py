@@ -637,6 +637,34 @@ def audit_trail_command(
                 typer.echo(f"    replacement: {json.dumps(entry.replacement, sort_keys=True)}")
 
 
+@audit_app.command("as-of")
+def audit_as_of(
+    trial: str,
+    participant: str,
+    recorded_at: Annotated[
+        str | None, typer.Option(help="What was recorded up to then (ISO 8601 with offset).")
+    ] = None,
+    clinical_at: Annotated[
+        str | None, typer.Option(help="The grades in force at this clinical time.")
+    ] = None,
+) -> None:
+    """What ToxWatch knew of a participant at a moment, and the grades then in force."""
+    from datetime import datetime
+
+    from services.audit import participant_as_of
+    from services.bootstrap import build_application
+
+    moments = [datetime.fromisoformat(t) if t else None for t in (recorded_at, clinical_at)]
+    if any(m is not None and m.tzinfo is None for m in moments):
+        typer.echo("times need a UTC offset", err=True)
+        raise typer.Exit(2)
+    result = participant_as_of(
+        build_application(_settings()), trial, participant,
+        recorded_at=moments[0], clinical_at=moments[1],
+    )  # fmt: skip
+    typer.echo(json.dumps(result, indent=2, default=str))
+
+
 @app.command("export")
 def export(
     kind: Annotated[

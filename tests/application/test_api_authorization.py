@@ -53,6 +53,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "GET /trials/{trial_id}/kinetics": CLINICAL,
     "GET /events": CLINICAL,
     "GET /audit/trail": frozenset({"auditor"}),
+    "GET /audit/as-of/participants/{trial_id}/{participant_id}": frozenset({"auditor"}),
     "GET /tokens": frozenset({"admin", "auditor"}),
     "POST /tokens": frozenset({"admin"}),
     "POST /tokens/{token_id}/revoke": frozenset({"admin"}),
@@ -196,6 +197,11 @@ def request_for(endpoint: str, world: World, *, allowed: bool) -> Request:
         "GET /trials/{trial_id}/kinetics": ("GET", f"/trials/{TRIAL}/kinetics", None),
         "GET /events": ("GET", "/events?limit=5", None),
         "GET /audit/trail": ("GET", "/audit/trail?limit=5", None),
+        "GET /audit/as-of/participants/{trial_id}/{participant_id}": (
+            "GET",
+            f"/audit/as-of/participants/{TRIAL}/{world.own_participant}",
+            None,
+        ),
         "GET /tokens": ("GET", "/tokens", None),
         "POST /tokens": ("POST", "/tokens", {"role": "dsmb", "name": "new member"}),
     }[endpoint]
