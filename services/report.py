@@ -20,14 +20,12 @@ from typing import Any
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 from markupsafe import Markup
 
-from domain.protocol import ProtocolParameters
 from projections.dsmb import DSMBReport, dsmb_data
 from services.application import SafetyMonitoring
 from services.charts import GRADE_COLOURS, SwimmerLane, bar_chart, line_chart, swimmer
+from services.dashboard import planned_enrolment
 
 TEMPLATES = Path(__file__).with_name("templates")
-#: The trial's planned enrolment (the registry's "~42 adults"), unless the protocol says.
-PLANNED_ENROLMENT = 42
 
 
 def build_report(app: SafetyMonitoring, *, trial_id: str, as_of: datetime | None) -> DSMBReport:
@@ -41,13 +39,9 @@ def build_report(app: SafetyMonitoring, *, trial_id: str, as_of: datetime | None
         events,
         trial_id=trial_id,
         as_of=as_of,
-        planned_enrolment=_planned(protocol),
+        planned_enrolment=planned_enrolment(protocol)[0],
         dose_levels=[level.id for level in protocol.dose_levels],
     )
-
-
-def _planned(protocol: ProtocolParameters) -> int:
-    return PLANNED_ENROLMENT
 
 
 def charts(report: DSMBReport) -> dict[str, Markup]:
