@@ -554,7 +554,12 @@ class Trial(Aggregate):
         trial_id: str
 
     class FactObserved(Aggregate.Event):
+        """``read_through``: the last log position the monitor had read when it
+        observed the fact; its evaluation used everything up to there, so a replay
+        evaluates at the same points (``toxwatch replay``)."""
+
         fact: dict[str, Any]
+        read_through: int | None = None
 
         def apply(self, aggregate: Aggregate) -> None:
             trial = cast(Trial, aggregate)
@@ -600,12 +605,13 @@ class Trial(Aggregate):
     def open(cls, trial_id: str) -> Trial:
         return cls._create(cls.Opened, id=trial_aggregate_id(trial_id), trial_id=trial_id)
 
-    def observe(self, fact: Fact) -> bool:
+    def observe(self, fact: Fact, *, read_through: int | None = None) -> bool:
         """Record a fact once (by key)."""
         if fact.key in self.keys:
             return False
         self.trigger_event(
             self.FactObserved,
+            read_through=read_through,
             fact={
                 "kind": fact.kind,
                 "key": fact.key,

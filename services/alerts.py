@@ -68,10 +68,11 @@ class AlertDesk:
     def position(self) -> int:
         return self.app.tracked(ALERTS_TRACKING) or 0
 
-    def run_once(self) -> int:
-        """Process the next notifications; the number read (0: caught up)."""
+    def run_once(self, *, through: int | None = None) -> int:
+        """Process the next notifications (none after ``through``); the number read
+        (0: caught up)."""
         self._catch_up()
-        notifications = self._select(self._folded_to)
+        notifications = self._select(self._folded_to, through)
         if not notifications:
             return 0
         pending: dict[str, Alert] = {}
@@ -93,9 +94,9 @@ class AlertDesk:
         self._folded_to = notifications[-1].id
         return len(notifications)
 
-    def run_until_idle(self) -> int:
+    def run_until_idle(self, *, through: int | None = None) -> int:
         total = 0
-        while read := self.run_once():
+        while read := self.run_once(through=through):
             total += read
         return total
 
@@ -125,10 +126,14 @@ class AlertDesk:
             self._folded_to = notifications[-1].id
         self._folded_to = max(self._folded_to, target)
 
-    def _select(self, after: int) -> list[Notification]:
+    def _select(self, after: int, through: int | None = None) -> list[Notification]:
         return list(
             self.app.recorder.select_notifications(
-                start=after, limit=self.batch_size, topics=INPUT_TOPICS, inclusive_of_start=False
+                start=after,
+                limit=self.batch_size,
+                stop=through,
+                topics=INPUT_TOPICS,
+                inclusive_of_start=False,
             )
         )
 

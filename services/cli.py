@@ -640,7 +640,9 @@ def audit_trail_command(
 @audit_app.command("as-of")
 def audit_as_of(
     trial: str,
-    participant: str,
+    participant: Annotated[
+        str | None, typer.Argument(help="A participant; without it, the whole trial.")
+    ] = None,
     recorded_at: Annotated[
         str | None, typer.Option(help="What was recorded up to then (ISO 8601 with offset).")
     ] = None,
@@ -648,21 +650,81 @@ def audit_as_of(
         str | None, typer.Option(help="The grades in force at this clinical time.")
     ] = None,
 ) -> None:
-    """What ToxWatch knew of a participant at a moment, and the grades then in force."""
+    """What ToxWatch knew of a participant (or of the whole trial: every participant's
+    grades, dose-level tallies, trial findings, alerts) at a moment, and the grades
+    then in force."""
     from datetime import datetime
 
-    from services.audit import participant_as_of
+    from services.audit import participant_as_of, trial_as_of
     from services.bootstrap import build_application
 
     moments = [datetime.fromisoformat(t) if t else None for t in (recorded_at, clinical_at)]
     if any(m is not None and m.tzinfo is None for m in moments):
         typer.echo("times need a UTC offset", err=True)
         raise typer.Exit(2)
-    result = participant_as_of(
-        build_application(_settings()), trial, participant,
-        recorded_at=moments[0], clinical_at=moments[1],
-    )  # fmt: skip
+    application = build_application(_settings())
+    if participant is None:
+        result = trial_as_of(application, trial, recorded_at=moments[0], clinical_at=moments[1])
+    else:
+        result = participant_as_of(
+            application, trial, participant, recorded_at=moments[0], clinical_at=moments[1]
+        )
     typer.echo(json.dumps(result, indent=2, default=str))
+
+
+@app.command("replay")
+def replay_command(
+    into: Annotated[
+        str | None,
+        typer.Option(
+            help="Keep the rebuilt store beside the live one: a new SQLite file (SQLite "
+            "store) or a new schema in the same database (PostgreSQL store). "
+            "Default: rebuilt in memory and discarded."
+        ),
+    ] = None,
+    report: Annotated[Path | None, typer.Option(help="Write the full report as JSON.")] = None,
+    show: Annotated[int, typer.Option(help="Differences to print (all are in --report).")] = 20,
+) -> None:
+    """Rebuild every derivation (participants' safety events, trial monitor, alerts)
+    and every read model from position zero beside the live store, and report each
+    difference; exit 1 if anything differs. The live store is only read."""
+    from services.bootstrap import build_application
+    from services.offline import in_memory_application
+    from services.replay import ReplayError, replay, target_settings
+
+    settings = _settings()
+    live = build_application(settings)
+    try:
+        if into is None:
+            target = in_memory_application(live.protocol, live.limits)
+        else:
+            target = build_application(target_settings(settings, into))
+        result = replay(live, target)
+    except ReplayError as error:
+        typer.echo(f"cannot replay: {error}", err=True)
+        raise typer.Exit(2) from None
+    if report is not None:
+        report.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    compared = ", ".join(
+        f"{result.compared[layer]} {layer}s ({result.compared[layer + ' events']} events)"
+        for layer in ("participant", "trial", "dose level", "alert")
+    )
+    typer.echo(
+        f"replayed {result.live_events} stored events into {result.rebuilt_events} "
+        f"in {result.seconds:.1f} s; compared {compared}"
+    )
+    for name, verdict in result.views.items():
+        typer.echo(f"  view {name}: {verdict}")
+    for difference in result.differences[:show]:
+        typer.echo(
+            f"  DIFFERS {difference.layer} {difference.subject} ({difference.change}): "
+            f"{difference.what}"
+        )
+    if len(result.differences) > show:
+        typer.echo(f"  ... and {len(result.differences) - show} more (--report)")
+    typer.echo("identical" if result.identical else f"{len(result.differences)} differences")
+    if not result.identical:
+        raise typer.Exit(1)
 
 
 @app.command("export")

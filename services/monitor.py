@@ -140,14 +140,20 @@ class TrialMonitor:
     def position(self) -> int:
         return self.app.tracked(MONITOR_TRACKING) or 0
 
-    def run_once(self) -> int:
-        """Process the next notifications; the number read (0: caught up)."""
+    def run_once(self, *, through: int | None = None) -> int:
+        """Process the next notifications (none after ``through``); the number read
+        (0: caught up)."""
         after = self.position()
         notifications = self.app.recorder.select_notifications(
-            start=after, limit=self.batch_size, topics=INPUT_TOPICS, inclusive_of_start=False
+            start=after,
+            limit=self.batch_size,
+            stop=through,
+            topics=INPUT_TOPICS,
+            inclusive_of_start=False,
         )
         if not notifications:
             return 0
+        read_through = notifications[-1].id
         trials: dict[str, Trial] = {}
         doses_of: dict[str, dict[str, str]] = {}  # per trial: participant -> dose level
         changed: set[str] = set()
@@ -165,7 +171,7 @@ class TrialMonitor:
                 }
             trial = trials[trial_id]
             for fact in facts_from(event, doses_of[trial_id]):  # keeps doses_of current
-                if trial.observe(fact):
+                if trial.observe(fact, read_through=read_through):
                     changed.add(trial_id)
         doses: list[DoseLevel] = []
         for trial_id in sorted(changed):
@@ -175,13 +181,13 @@ class TrialMonitor:
                 aggregate.update(tally)
                 doses.append(aggregate)
         pending = [a for a in (*trials.values(), *doses) if a.pending_events]
-        tracking = Tracking(MONITOR_TRACKING, notifications[-1].id)
+        tracking = Tracking(MONITOR_TRACKING, read_through)
         self.app.save(*pending, **{TRACKINGS: [tracking]})
         return len(notifications)
 
-    def run_until_idle(self) -> int:
+    def run_until_idle(self, *, through: int | None = None) -> int:
         total = 0
-        while read := self.run_once():
+        while read := self.run_once(through=through):
             total += read
         return total
 

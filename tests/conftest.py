@@ -495,14 +495,18 @@ class Services:
         self.log_dir = log_dir
         self.started: list[Service] = []
 
-    def start(self, command: str, env: Mapping[str, str]) -> Service:
-        """Start ``toxwatch command`` with the caller's environment, less any
-        ToxWatch or Kafka setting, plus ``env``."""
+    def environment(self, env: Mapping[str, str]) -> dict[str, str]:
+        """The caller's environment, less any ToxWatch or Kafka setting, plus ``env``
+        (what a service, or a ``toxwatch`` command run beside them, gets)."""
         base = {k: v for k, v in os.environ.items() if not k.startswith(_SERVICE_PREFIXES)}
         full_env = base | {"PYTHONUNBUFFERED": "1", "TOXWATCH_METRICS_PORT": "0"}
         if self.bootstrap_servers:
             full_env["KAFKA_BOOTSTRAP_SERVERS"] = self.bootstrap_servers
-        full_env |= dict(env)
+        return full_env | dict(env)
+
+    def start(self, command: str, env: Mapping[str, str]) -> Service:
+        """Start ``toxwatch command`` with ``environment(env)``."""
+        full_env = self.environment(env)
         index = sum(s.name.startswith(command) for s in self.started)
         name = f"{command}-{index}"
         log_path = self.log_dir / f"{name}.log"
