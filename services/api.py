@@ -45,7 +45,7 @@ from projections.safety_metrics import SAFETY_PICTURE_CLASSES, SafetyPicture
 from services import alerts as alert_service
 from services import monitor as monitor_service
 from services.application import REJECTION_TOPIC, SAFETY_EVENT_TOPICS, SafetyMonitoring
-from services.audit import audit_trail, participant_as_of
+from services.audit import audit_trail, participant_as_of, trial_as_of
 from services.auth import Authenticator
 from services.dashboard import dashboard_router
 from services.following import follow_log
@@ -726,16 +726,24 @@ def create_app(
     ) -> dict[str, Any]:
         """What ToxWatch knew as recorded up to ``recorded_at`` (derived events, alerts
         and their state then) and each term's grade in force at ``clinical_at``."""
-        for name, moment in (("recorded_at", recorded_at), ("clinical_at", clinical_at)):
-            if moment is not None and moment.tzinfo is None:
-                raise RequestValidationError(
-                    [{"type": "timezone", "loc": ("query", name), "msg": "needs an offset",
-                      "input": str(moment)}]
-                )  # fmt: skip
+        _need_offsets(recorded_at=recorded_at, clinical_at=clinical_at)
         visible_participant(trial_id, participant_id, who)
         return participant_as_of(
             app, trial_id, participant_id, recorded_at=recorded_at, clinical_at=clinical_at
         )
+
+    @api.get("/audit/as-of/trials/{trial_id}", tags=["audit"])
+    def trial_as_of_endpoint(
+        trial_id: str,
+        who: Annotated[Principal, reader(Permission.READ_AUDIT)],
+        recorded_at: datetime | None = None,
+        clinical_at: datetime | None = None,
+    ) -> dict[str, Any]:
+        """The trial as recorded up to ``recorded_at``: each participant's grades in
+        force at ``clinical_at``, the dose levels' tallies, the trial monitor's
+        findings, and the alerts that had fired with their state then."""
+        _need_offsets(recorded_at=recorded_at, clinical_at=clinical_at)
+        return trial_as_of(app, trial_id, recorded_at=recorded_at, clinical_at=clinical_at)
 
     # ------------------------------------------------------------ tokens
 
@@ -903,3 +911,13 @@ def _evidence(app: SafetyMonitoring, row: AlertRow) -> list[EvidenceOut]:
         found.get(event_id, EvidenceOut(event_id=event_id, kind="unresolved", event=None))
         for event_id in row.evidence
     ]
+
+
+def _need_offsets(**moments: datetime | None) -> None:
+    """A query time without a UTC offset is ambiguous: 422, as for any invalid query."""
+    for name, moment in moments.items():
+        if moment is not None and moment.tzinfo is None:
+            raise RequestValidationError(
+                [{"type": "timezone", "loc": ("query", name), "msg": "needs an offset",
+                  "input": str(moment)}]
+            )  # fmt: skip

@@ -1,8 +1,14 @@
 """Tamper evidence for the event store: a hash chain over the stored events in
 notification order, anchored in signed checkpoints (issue 7, item 3).
 
-Each stored event has a *leaf* hash over its content (originator id, version, topic,
-state) and the chain links leaves in notification order::
+Each stored event has a *leaf*: an HMAC-SHA256, keyed with the audit key, over its
+content (originator id, version, topic, and its state as plaintext: decrypted and
+decompressed when the store is encrypted). The leaf is over the plaintext so that a
+key rotation, which re-encrypts every state, leaves the chain valid; it is keyed so
+that the chain rows do not let anyone confirm a guess of an encrypted event's
+content. A state that does not decrypt (altered ciphertext) has a leaf over its raw
+bytes, which matches no anchored leaf. The chain links leaves in notification
+order::
 
     h_0 = 32 zero bytes
     h_i = SHA-256(h_{i-1} || notification_id as 8 bytes || leaf_i)
@@ -33,7 +39,7 @@ import hashlib
 import hmac
 import json
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -55,7 +61,7 @@ KEY_ENV = "TOXWATCH_AUDIT_KEY"
 KEY_FILE_ENV = "TOXWATCH_AUDIT_KEY_FILE"
 MIN_KEY_BYTES = 16
 PAGE = 1000
-_LEAF_DOMAIN = b"toxwatch-audit-leaf-v1\x00"
+_LEAF_DOMAIN = b"toxwatch-audit-leaf-v2\x00"
 _CHECKPOINT_DOMAIN = b"toxwatch-audit-checkpoint-v1\x00"
 
 
@@ -70,15 +76,40 @@ def _field(value: bytes) -> bytes:
     return len(value).to_bytes(8, "big") + value
 
 
-def leaf_hash(notification: Notification) -> bytes:
-    """The hash of one stored event's content (not of its position)."""
+def leaf_hash(notification: Notification, key: AuditKey, plaintext: bytes | None) -> bytes:
+    """The keyed hash of one stored event's content (not of its position);
+    ``plaintext``: its state decrypted and decompressed, None if it did not decrypt."""
+    state = b"\x01" + plaintext if plaintext is not None else b"\x00" + bytes(notification.state)
     parts = (
         str(notification.originator_id).encode(),
         str(notification.originator_version).encode(),
         notification.topic.encode(),
-        bytes(notification.state),
+        state,
     )
-    return hashlib.sha256(_LEAF_DOMAIN + b"".join(_field(p) for p in parts)).digest()
+    return hmac.new(
+        key.secret, _LEAF_DOMAIN + b"".join(_field(p) for p in parts), hashlib.sha256
+    ).digest()
+
+
+class Leaves:
+    """Leaf hashes of ``app``'s stored events: their states read as plaintext with
+    the store's own cipher and compressor."""
+
+    def __init__(self, app: Application[Any], key: AuditKey) -> None:
+        self.cipher = app.mapper.cipher
+        self.compressor = app.mapper.compressor
+        self.key = key
+
+    def __call__(self, notification: Notification) -> bytes:
+        state = bytes(notification.state)
+        try:
+            if self.cipher is not None:
+                state = self.cipher.decrypt(state)
+            if self.compressor is not None:
+                state = self.compressor.decompress(state)
+        except Exception:
+            return leaf_hash(notification, self.key, None)
+        return leaf_hash(notification, self.key, state)
 
 
 def link(previous: bytes, position: int, leaf: bytes) -> bytes:
@@ -369,8 +400,9 @@ def checkpoint(app: Application[Any], key: AuditKey, *, now: datetime) -> Checkp
             "a checkpoint was removed; run `toxwatch audit verify`"
         )
     rows: list[ChainRow] = []
+    leaves = Leaves(app, key)
     for event in _events(app, position, app.recorder.max_notification_id() or 0):
-        leaf = leaf_hash(event)
+        leaf = leaves(event)
         head = link(head, event.id, leaf)
         rows.append((event.id, leaf, head))
         position, count = event.id, count + 1
@@ -407,8 +439,14 @@ class _Walk:
     the first bad event.
     """
 
-    def __init__(self, tables: AuditTables, checkpoints: Sequence[Checkpoint]) -> None:
+    def __init__(
+        self,
+        tables: AuditTables,
+        checkpoints: Sequence[Checkpoint],
+        leaves: Callable[[Notification], bytes],
+    ) -> None:
         self.tables = tables
+        self.leaves = leaves
         self.pending = sorted(checkpoints, key=lambda c: c.position)
         self.anchored_to = self.pending[-1].position if self.pending else 0
         self.events = (GENESIS, 0)
@@ -436,7 +474,7 @@ class _Walk:
         self._settle(before=None)
 
     def _step(self, position: int, event: Notification | None, row: ChainRow | None) -> None:
-        leaf = leaf_hash(event) if event is not None else None
+        leaf = self.leaves(event) if event is not None else None
         if leaf is not None:
             self.events = (link(self.events[0], position, leaf), self.events[1] + 1)
         if row is not None:
@@ -505,7 +543,7 @@ def verify(
     for c in checkpoints:
         if problem := c.signature_problem(key):
             return VerifyResult(False, 0, len(checkpoints), None, problem, 0)
-    walk = _Walk(tables, checkpoints)
+    walk = _Walk(tables, checkpoints, Leaves(app, key))
     anchored_to = walk.anchored_to
     walk.run(_events(app, 0, min(end, anchored_to)), _rows(tables, anchored_to))
     unanchored = sum(1 for _ in _events(app, anchored_to, end))
@@ -593,3 +631,31 @@ def participant_as_of(
         "grades": state.grades_at(when) if when else {},
         "alerts": sorted(state.alerts.values(), key=lambda a: (a["raised_at"], a["alert_id"])),
     }
+
+
+def trial_as_of(
+    app: Any,
+    trial_id: str,
+    *,
+    recorded_at: datetime | None,
+    clinical_at: datetime | None,
+) -> dict[str, Any]:
+    """What ToxWatch knew of the trial as recorded up to ``recorded_at`` (all of it
+    without): every participant's grades in force at ``clinical_at``, the dose levels'
+    tallies, the trial monitor's findings and the alerts with their state then."""
+    from eventsourcing.utils import get_topic
+
+    from domain.trial import DoseLevel
+    from projections.asof import TrialAsOf
+    from services.application import SAFETY_EVENT_TOPICS
+
+    state = TrialAsOf(trial_id, recorded_at)
+    topics = [*SAFETY_EVENT_TOPICS, get_topic(DoseLevel.Opened), get_topic(DoseLevel.Tallied)]
+    after = 0
+    while page := app.recorder.select_notifications(
+        start=after, limit=1000, topics=topics, inclusive_of_start=False
+    ):
+        for notification in page:
+            state.apply(app.mapper.to_domain_event(notification))
+        after = page[-1].id
+    return state.summary(clinical_at)

@@ -54,6 +54,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "GET /events": CLINICAL,
     "GET /audit/trail": frozenset({"auditor"}),
     "GET /audit/as-of/participants/{trial_id}/{participant_id}": frozenset({"auditor"}),
+    "GET /audit/as-of/trials/{trial_id}": frozenset({"auditor"}),
     "GET /tokens": frozenset({"admin", "auditor"}),
     "POST /tokens": frozenset({"admin"}),
     "POST /tokens/{token_id}/revoke": frozenset({"admin"}),
@@ -202,6 +203,7 @@ def request_for(endpoint: str, world: World, *, allowed: bool) -> Request:
             f"/audit/as-of/participants/{TRIAL}/{world.own_participant}",
             None,
         ),
+        "GET /audit/as-of/trials/{trial_id}": ("GET", f"/audit/as-of/trials/{TRIAL}", None),
         "GET /tokens": ("GET", "/tokens", None),
         "POST /tokens": ("POST", "/tokens", {"role": "dsmb", "name": "new member"}),
     }[endpoint]

@@ -58,6 +58,7 @@ OPERATIONS: dict[tuple[str, str], bool] = {
     ("GET", "/events"): True,
     ("GET", "/audit/trail"): True,
     ("GET", "/audit/as-of/participants/{trial_id}/{participant_id}"): True,
+    ("GET", "/audit/as-of/trials/{trial_id}"): True,
     ("GET", "/tokens"): False,
     ("POST", "/tokens"): True,
     ("POST", "/tokens/{token_id}/revoke"): True,

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from services.alerts import AlertDesk
-from services.audit import participant_as_of
+from services.audit import participant_as_of, trial_as_of
 from services.offline import in_memory_application, process_lines
 
 TZ = timezone(timedelta(hours=8))
@@ -92,3 +92,42 @@ def test_the_clinically_true_grade_at_that_time_includes_the_late_record(app_and
         app, TRIAL, WHO, recorded_at=None, clinical_at=D0 + timedelta(days=1, minutes=30)
     )
     assert earlier["grades"]["CRS"] == 1
+
+
+# ------------------------------------------------------------ the trial
+
+
+def test_the_trial_as_recorded_before_the_late_record_had_grade_1_and_no_crs_alert(
+    app_and_moment,
+):
+    app, between = app_and_moment
+    then = trial_as_of(app, TRIAL, recorded_at=between, clinical_at=CLINICAL_MOMENT)
+    # CTCAE v5 also grades the fever itself: 38.0-39.0 C is grade 1.
+    assert then["participants"][WHO] == {"dose_level": "DL1", "grades": {"CRS": 1, "Fever": 1}}
+    assert crs_alerts(then) == []
+    assert then["recorded_at"] == between.isoformat()
+
+
+def test_the_trial_as_recorded_now_has_the_alert_and_the_clinically_true_grade_2(
+    app_and_moment,
+):
+    app, _ = app_and_moment
+    now = trial_as_of(app, TRIAL, recorded_at=None, clinical_at=CLINICAL_MOMENT)
+    assert now["participants"][WHO]["grades"]["CRS"] == 2
+    [alert] = crs_alerts(now)
+    assert (alert["severity"], alert["status"]) == ("high", "open")
+    assert now["open_alerts"] >= 1
+    # The trial's view of the participant agrees with the participant's own.
+    own = participant_as_of(app, TRIAL, WHO, recorded_at=None, clinical_at=CLINICAL_MOMENT)
+    assert now["participants"][WHO]["grades"] == own["grades"]
+
+
+def test_a_moment_before_anything_was_recorded_knows_nothing(app_and_moment):
+    app, _ = app_and_moment
+    nothing = trial_as_of(app, TRIAL, recorded_at=datetime(2020, 1, 1, tzinfo=UTC),
+                          clinical_at=None)  # fmt: skip
+    assert (nothing["participants"], nothing["alerts"], nothing["derived_events_known"]) == (
+        {},
+        [],
+        0,
+    )
