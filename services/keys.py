@@ -17,8 +17,8 @@ ciphertexts (or, after encrypting a plain store, plaintexts) can survive in free
 database pages: SQLite is rotated with ``secure_delete`` and its WAL truncated; on
 PostgreSQL run ``VACUUM FULL`` on the events tables afterwards.
 
-Rotation changes the stored bytes that the audit hash chain (``services.audit``)
-anchors, so it refuses a store with audit checkpoints unless told otherwise.
+The audit hash chain (``services.audit``) hashes each event's plaintext, so a
+rotation leaves it valid: ``toxwatch audit verify`` passes before and after.
 """
 
 from __future__ import annotations
@@ -38,14 +38,13 @@ from infra.settings import Settings
 from infra.store import KeyringCipher, ciphertext_key_id, is_encrypted, new_key
 
 BATCH = 500
-AUDIT_CHECKPOINT_TABLE = "toxwatch_audit_checkpoints"
 _KEY_COLUMNS = ("originator_id", "originator_version", "state")
 
 Row = tuple[Any, int, bytes]
 
 
 class KeyRotationError(ToxWatchError):
-    """The store cannot be rotated (no key, audit checkpoints, unreadable states)."""
+    """The store cannot be rotated (no key, unreadable states)."""
 
 
 def generate_key() -> str:
@@ -73,26 +72,18 @@ class RotationReport:
 
 class _Store(Protocol):
     def state_tables(self) -> list[str]: ...
-    def has_audit_checkpoints(self) -> bool: ...
     def batch(self, table: str, after: tuple[Any, int] | None, limit: int) -> Any: ...
     def finish(self) -> None: ...
     def close(self) -> None: ...
 
 
-def rotate(
-    settings: Settings, *, batch: int = BATCH, despite_audit_checkpoints: bool = False
-) -> RotationReport:
+def rotate(settings: Settings, *, batch: int = BATCH) -> RotationReport:
     """Re-encrypt every stored state not under the current key with the current key."""
     keys = settings.cipher_keys()
     if not keys:
         raise KeyRotationError("no cipher key: set TOXWATCH_CIPHER_KEY or TOXWATCH_CIPHER_KEY_FILE")
     cipher = KeyringCipher.from_keys(keys)
     with closing(_open(settings)) as store:
-        if store.has_audit_checkpoints() and not despite_audit_checkpoints:
-            raise KeyRotationError(
-                "the store has audit checkpoints, which anchor the stored (encrypted) bytes: "
-                "re-encrypting would make `toxwatch audit verify` report every event as modified"
-            )
         report = RotationReport(cipher.current_key_id.hex(), store.state_tables())
         for table in report.tables:
             after: tuple[Any, int] | None = None
@@ -145,12 +136,6 @@ class _SQLiteStore:
             if set(_KEY_COLUMNS)
             <= {row[1] for row in self.connection.execute(f'PRAGMA table_info("{table}")')}
         ]
-
-    def has_audit_checkpoints(self) -> bool:
-        if AUDIT_CHECKPOINT_TABLE not in self._tables():
-            return False
-        query = f"SELECT 1 FROM {AUDIT_CHECKPOINT_TABLE} LIMIT 1"
-        return bool(self.connection.execute(query).fetchall())
 
     @contextmanager
     def batch(self, table: str, after: tuple[Any, int] | None, limit: int) -> Iterator[Any]:
@@ -208,14 +193,6 @@ class _PostgresStore:
 
     def state_tables(self) -> list[str]:
         return sorted(t for t, cs in self._columns().items() if set(_KEY_COLUMNS) <= cs)
-
-    def has_audit_checkpoints(self) -> bool:
-        if AUDIT_CHECKPOINT_TABLE not in self._columns():
-            return False
-        query = sql.SQL("SELECT 1 FROM {} LIMIT 1").format(
-            sql.Identifier(self.schema, AUDIT_CHECKPOINT_TABLE)
-        )
-        return bool(self.connection.execute(query).fetchall())
 
     @contextmanager
     def batch(self, table: str, after: tuple[Any, int] | None, limit: int) -> Iterator[Any]:

@@ -22,8 +22,8 @@ from services.audit import (
     CHECKPOINT_TABLE,
     AuditKey,
     Checkpoint,
+    Leaves,
     checkpoint,
-    leaf_hash,
     link,
     load_checkpoints,
     verify,
@@ -278,7 +278,7 @@ def test_rewriting_the_chain_table_to_cover_a_modified_event_is_detected(
     chain = audited.raw.audit_table(CHAIN_TABLE)
     head = bytes(32)
     for notification in audited.app.recorder.select_notifications(0, 100_000):
-        leaf = leaf_hash(notification)
+        leaf = Leaves(audited.app, KEY)(notification)
         head = link(head, notification.id, leaf)
         audited.raw.execute(
             f"UPDATE {chain} SET event_hash = ?, chain_hash = ? WHERE position = ?",

@@ -241,17 +241,42 @@ def test_rotation_encrypts_a_store_written_without_a_key(
 
 
 @pytest.mark.parametrize("store", STORES, indirect=True)
-def test_rotation_refuses_a_store_anchored_by_audit_checkpoints(encrypted: Store) -> None:
-    from services.audit import AuditKey, checkpoint
+def test_the_audit_chain_stays_valid_across_a_key_rotation(encrypted: Store) -> None:
+    """The chain hashes plaintext: re-encrypting every state under a new key changes
+    every stored byte and none of the anchored leaves."""
+    from services.audit import AuditKey, checkpoint, verify
+    from tests.integration.test_audit_verify import RawEvents
 
-    settings = with_keys(encrypted, cipher_key=KEY_B, cipher_keys_previous=KEY_A)
+    audit_key = AuditKey(b"audit-key-for-the-tests-0123456789")
+    settings = with_keys(encrypted, cipher_key=KEY_A)
     app = build_application(settings)
     try:
-        checkpoint(app, AuditKey(b"audit-key-for-the-tests-0123456789"), now=ARRIVED)
+        checkpoint(app, audit_key, now=ARRIVED)
+        assert verify(app, audit_key).ok
     finally:
         app.close()
-    with pytest.raises(KeyRotationError, match="audit checkpoints"):
-        rotate(settings)
+    rotated = with_keys(encrypted, cipher_key=KEY_B, cipher_keys_previous=KEY_A)
+    report = rotate(rotated)
+    assert report.reencrypted > 0
+    app = build_application(with_keys(encrypted, cipher_key=KEY_B))  # old key gone
+    try:
+        result = verify(app, audit_key)
+        assert result.ok, result.summary()
+        assert result.events_checked > 0
+        # And the chain still detects a change made after the rotation: a flipped
+        # ciphertext byte no longer decrypts.
+        raw = RawEvents(encrypted, app.recorder.events_table_name)
+        try:
+            position = raw.positions()[5]
+            state = bytearray(raw.row(position)[3])
+            state[-1] ^= 0x01
+            raw.set_state(position, bytes(state))
+        finally:
+            raw.close()
+        tampered = verify(app, audit_key)
+        assert (tampered.ok, tampered.first_bad_position) == (False, position)
+    finally:
+        app.close()
 
 
 def test_rotation_needs_a_key(tmp_path: Path) -> None:
