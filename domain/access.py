@@ -42,6 +42,7 @@ class Permission(StrEnum):
     READ_AUDIT = "read_audit"
     MANAGE_TOKENS = "manage_tokens"
     READ_TOKENS = "read_tokens"
+    REBUILD_VIEWS = "rebuild_views"
 
 
 _CLINICAL_READ = frozenset(
@@ -61,7 +62,9 @@ PERMISSIONS: Mapping[Role, frozenset[Permission]] = MappingProxyType(
         "dsmb": _CLINICAL_READ,
         "site": _CLINICAL_READ | {Permission.ACKNOWLEDGE_ALERTS},
         "auditor": _CLINICAL_READ | {Permission.READ_AUDIT, Permission.READ_TOKENS},
-        "admin": frozenset({Permission.MANAGE_TOKENS, Permission.READ_TOKENS}),
+        "admin": frozenset(
+            {Permission.MANAGE_TOKENS, Permission.READ_TOKENS, Permission.REBUILD_VIEWS}
+        ),
     }
 )
 

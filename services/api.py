@@ -22,7 +22,7 @@ import logging
 import re
 import threading
 from collections.abc import AsyncIterator, Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
@@ -74,43 +74,102 @@ MAX_POSITION = 2**63 - 1
 # ---------------------------------------------------------------- read models
 
 
+@dataclass
+class _Views:
+    """One generation of the read models, folded up to ``position``."""
+
+    alerts: AlertsView = field(default_factory=AlertsView)
+    safety: SafetyPicture = field(default_factory=SafetyPicture)
+    kinetics: KineticsView = field(default_factory=KineticsView)
+    participants: dict[tuple[str, str], str] = field(default_factory=dict)  # -> site
+    position: int = 0
+
+
 class ReadModels:
-    """The API's read models, folded from the notification log."""
+    """The API's read models, folded from the notification log.
+
+    ``rebuild`` folds a new generation from position zero beside the live one, while
+    the live one keeps answering, compares the two at the same log position and, when
+    asked, switches to the new one in one reference assignment (architecture
+    decision 7)."""
 
     def __init__(self, app: SafetyMonitoring, *, batch_size: int = 1000) -> None:
         self.app = app
         self.batch_size = batch_size
-        self.alerts = AlertsView()
-        self.safety = SafetyPicture()
-        self.kinetics = KineticsView()
-        self.participants: dict[tuple[str, str], str] = {}  # -> site
-        self.position = 0
+        self._views = _Views()
         self._lock = threading.Lock()
+
+    @property
+    def alerts(self) -> AlertsView:
+        return self._views.alerts
+
+    @property
+    def safety(self) -> SafetyPicture:
+        return self._views.safety
+
+    @property
+    def kinetics(self) -> KineticsView:
+        return self._views.kinetics
+
+    @property
+    def participants(self) -> dict[tuple[str, str], str]:
+        return self._views.participants
+
+    @property
+    def position(self) -> int:
+        return self._views.position
 
     def refresh(self) -> int:
         """Fold what was stored since the last refresh; the number of entries read."""
         with self._lock:
-            total = 0
-            while True:
-                notifications = self.app.recorder.select_notifications(
-                    start=self.position,
-                    limit=self.batch_size,
-                    topics=_VIEW_TOPICS,
-                    inclusive_of_start=False,
-                )
-                if not notifications:
-                    return total
-                for notification in notifications:
-                    event: Any = self.app.mapper.to_domain_event(notification)
-                    if isinstance(event, Participant.Registered):
-                        self.participants[(event.trial_id, event.participant_id)] = event.site_id
-                    elif isinstance(event, _ALERT_CLASSES):
-                        self.alerts.apply(event.to_contract(), notification.id)
-                    self.safety.apply(event)
-                    if isinstance(event, Participant.ClinicalEventRecorded):
-                        self.kinetics.apply_clinical(event.event)
-                self.position = notifications[-1].id
-                total += len(notifications)
+            return self._fold(self._views)
+
+    def rebuild(self, *, switch: bool) -> dict[str, Any]:
+        """Fold every read model afresh from position zero, compare it with the live
+        one at the same position, and switch to it if ``switch``."""
+        from services.replay import compare_snapshots, read_model_snapshots
+
+        fresh = _Views()
+        self._fold(fresh)  # the bulk of the work, while the live views answer
+        with self._lock:
+            self._fold(self._views)
+            self._fold(fresh, until=self._views.position)
+            left = read_model_snapshots(self._views)
+            right = read_model_snapshots(fresh)
+            if switch:
+                self._views = fresh
+        verdicts, differences = compare_snapshots(left, right)
+        return {
+            "position": fresh.position,
+            "views": verdicts,
+            "differences": differences[:100],
+            "differences_total": len(differences),
+            "switched": switch,
+        }
+
+    def _fold(self, views: _Views, until: int | None = None) -> int:
+        total = 0
+        while True:
+            notifications = self.app.recorder.select_notifications(
+                start=views.position,
+                limit=self.batch_size,
+                stop=until,
+                topics=_VIEW_TOPICS,
+                inclusive_of_start=False,
+            )
+            if not notifications:
+                return total
+            for notification in notifications:
+                event: Any = self.app.mapper.to_domain_event(notification)
+                if isinstance(event, Participant.Registered):
+                    views.participants[(event.trial_id, event.participant_id)] = event.site_id
+                elif isinstance(event, _ALERT_CLASSES):
+                    views.alerts.apply(event.to_contract(), notification.id)
+                views.safety.apply(event)
+                if isinstance(event, Participant.ClinicalEventRecorded):
+                    views.kinetics.apply_clinical(event.event)
+            views.position = notifications[-1].id
+            total += len(notifications)
 
     def follow(self, stop: threading.Event, poll_seconds: float = 0.1) -> None:
         follow_log(self.refresh, stop, name="API read models", poll_seconds=poll_seconds)
@@ -289,6 +348,24 @@ class AuditEntryOut(BaseModel):
     participant_id: str | None
     original: dict[str, Any] | None
     replacement: dict[str, Any] | None
+
+
+class ViewDifferenceOut(BaseModel):
+    view: str
+    item: str
+    live: Any = None
+    rebuilt: Any = None
+
+
+class ViewRebuildOut(BaseModel):
+    """A rebuild of the API's read models from position zero, compared with the live
+    ones at the same log position."""
+
+    position: int
+    views: dict[str, Literal["identical", "differs"]]
+    differences: list[ViewDifferenceOut]
+    differences_total: int
+    switched: bool
 
 
 class TokenRequest(BaseModel):
@@ -744,6 +821,25 @@ def create_app(
         findings, and the alerts that had fired with their state then."""
         _need_offsets(recorded_at=recorded_at, clinical_at=clinical_at)
         return trial_as_of(app, trial_id, recorded_at=recorded_at, clinical_at=clinical_at)
+
+    # ------------------------------------------------------------ operations
+
+    @api.post("/views/rebuild", tags=["operations"])
+    def rebuild_views(
+        who: Annotated[Principal, reader(Permission.REBUILD_VIEWS)], switch: bool = False
+    ) -> ViewRebuildOut:
+        """Fold the read models afresh from position zero beside the live ones (which
+        keep answering), compare them at the same log position, and with ``switch``
+        serve the rebuilt ones from now on (one atomic swap)."""
+        result = views.rebuild(switch=switch)
+        log.info(
+            "read models rebuilt by %s at position %d: %s%s",
+            who.name,
+            result["position"],
+            result["views"],
+            ", switched" if switch else "",
+        )
+        return ViewRebuildOut.model_validate(result)
 
     # ------------------------------------------------------------ tokens
 

@@ -320,51 +320,41 @@ def target_settings(settings: Settings, into: str) -> Settings:
 def replay(live: SafetyMonitoring, target: SafetyMonitoring) -> ReplayReport:
     """Rebuild ``live`` into the empty ``target`` and compare histories and views."""
     report = Rebuild(live, target).run()
-    for name, (left, right) in compare_views(live, target).items():
-        if left == right:
-            report.views[name] = "identical"
-            continue
-        report.views[name] = "differs"
-        for key in sorted(set(left) | set(right)):
-            if left.get(key) != right.get(key):
-                report.differences.append(
-                    Difference(
-                        "view",
-                        name,
-                        "changed",
-                        f"{name}: {key}",
-                        live=left.get(key),
-                        rebuilt=right.get(key),
-                    )
-                )
+    verdicts, differences = compare_snapshots(view_snapshots(live), view_snapshots(target))
+    report.views = verdicts
+    report.differences.extend(
+        Difference(
+            "view",
+            d["view"],
+            "changed",
+            f"{d['view']}: {d['item']}",
+            live=d["live"],
+            rebuilt=d["rebuilt"],
+        )
+        for d in differences
+    )
     return report
 
 
 # ---------------------------------------------------------------- views
 
 
-def view_snapshots(app: SafetyMonitoring) -> dict[str, dict[str, Any]]:
-    """Every read model folded from ``app``'s log from position zero, as plain data
-    keyed by item, without what differs between two faithful runs (write times and
-    log positions)."""
-    from services.api import ReadModels
-    from services.report import build_report
-
-    models = ReadModels(app)
-    models.refresh()
-    alerts = {row.alert_id: _normalise(asdict(row)) for row in models.alerts.rows.values()}
+def read_model_snapshots(views: Any) -> dict[str, dict[str, Any]]:
+    """The API's read models (``views``: alerts, safety, kinetics, participants) as
+    plain data keyed by item, without what differs between two faithful runs (write
+    times and log positions)."""
+    alerts = {row.alert_id: _normalise(asdict(row)) for row in views.alerts.rows.values()}
     gauges = {
         f"{name}{dict(labels)}": value
-        for name, family in models.safety.gauges().items()
+        for name, family in views.safety.gauges().items()
         for labels, value in family.items()
     }
     kinetics: dict[str, Any] = {}
-    trials = sorted({trial for trial, _ in models.participants})
-    for trial_id in trials:
+    for trial_id in sorted({trial for trial, _ in views.participants}):
         kinetics[f"{trial_id} by dose level"] = _normalise(
-            models.kinetics.dose_level_summary(trial_id)
+            views.kinetics.dose_level_summary(trial_id)
         )
-    for (trial_id, participant_id), subject in sorted(models.kinetics.participants.items()):
+    for (trial_id, participant_id), subject in sorted(views.kinetics.participants.items()):
         kinetics[f"{trial_id}/{participant_id}"] = _normalise(
             {
                 "pk": {k: asdict(v) for k, v in subject.pk().items()},
@@ -372,31 +362,52 @@ def view_snapshots(app: SafetyMonitoring) -> dict[str, dict[str, Any]]:
                 "b_cells": subject.b_cells(),
             }
         )
-    dsmb = {
-        trial_id: _normalise(build_report(app, trial_id=trial_id, as_of=None).to_dict())
-        for trial_id in trials
-    }
     return {
         "alerts inbox": alerts,
         "safety metrics": gauges,
         "kinetics": kinetics,
         "participants": {
             f"{trial}/{participant}": site
-            for (trial, participant), site in models.participants.items()
-        },
-        "DSMB packet data": {
-            f"{trial_id} {section}": value
-            for trial_id, sections in dsmb.items()
-            for section, value in sections.items()
+            for (trial, participant), site in views.participants.items()
         },
     }
 
 
-def compare_views(
-    live: SafetyMonitoring, rebuilt: SafetyMonitoring
-) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
-    left, right = view_snapshots(live), view_snapshots(rebuilt)
-    return {name: (left[name], right[name]) for name in left}
+def view_snapshots(app: SafetyMonitoring) -> dict[str, dict[str, Any]]:
+    """Every read model folded from ``app``'s log from position zero (the API's and
+    the DSMB packet's data), as plain data."""
+    from services.api import ReadModels
+    from services.report import build_report
+
+    models = ReadModels(app)
+    models.refresh()
+    snapshots = read_model_snapshots(models)
+    trials = sorted({trial for trial, _ in models.participants})
+    snapshots["DSMB packet data"] = {
+        f"{trial_id} {section}": value
+        for trial_id in trials
+        for section, value in _normalise(
+            build_report(app, trial_id=trial_id, as_of=None).to_dict()
+        ).items()
+    }
+    return snapshots
+
+
+def compare_snapshots(
+    left: Mapping[str, Mapping[str, Any]], right: Mapping[str, Mapping[str, Any]]
+) -> tuple[dict[str, str], list[dict[str, Any]]]:
+    """Per view, ``identical`` or ``differs``, and each differing item."""
+    verdicts: dict[str, str] = {}
+    differences: list[dict[str, Any]] = []
+    for name in left:
+        before, after = left[name], right.get(name, {})
+        keys = [k for k in sorted(set(before) | set(after)) if before.get(k) != after.get(k)]
+        verdicts[name] = "differs" if keys else "identical"
+        differences.extend(
+            {"view": name, "item": key, "live": before.get(key), "rebuilt": after.get(key)}
+            for key in keys
+        )
+    return verdicts, differences
 
 
 # ---------------------------------------------------------------- helpers

@@ -58,6 +58,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "GET /tokens": frozenset({"admin", "auditor"}),
     "POST /tokens": frozenset({"admin"}),
     "POST /tokens/{token_id}/revoke": frozenset({"admin"}),
+    "POST /views/rebuild": frozenset({"admin"}),
 }
 #: Answered to anyone, with or without a token.
 PUBLIC = ("/health", "/ready", "/schema/clinical", "/schema/safety", "/openapi.json")
@@ -205,6 +206,7 @@ def request_for(endpoint: str, world: World, *, allowed: bool) -> Request:
         ),
         "GET /audit/as-of/trials/{trial_id}": ("GET", f"/audit/as-of/trials/{TRIAL}", None),
         "GET /tokens": ("GET", "/tokens", None),
+        "POST /views/rebuild": ("POST", "/views/rebuild", None),
         "POST /tokens": ("POST", "/tokens", {"role": "dsmb", "name": "new member"}),
     }[endpoint]
 

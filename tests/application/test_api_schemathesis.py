@@ -62,6 +62,7 @@ OPERATIONS: dict[tuple[str, str], bool] = {
     ("GET", "/tokens"): False,
     ("POST", "/tokens"): True,
     ("POST", "/tokens/{token_id}/revoke"): True,
+    ("POST", "/views/rebuild"): True,
 }
 EXCLUDED = {("GET", "/alerts/stream")}
 CASES = [

@@ -51,7 +51,7 @@ def issue(**overrides: Any) -> ApiToken:
         ("dsmb", CLINICAL_READ),
         ("site", CLINICAL_READ | {P.ACKNOWLEDGE_ALERTS}),
         ("auditor", CLINICAL_READ | {P.READ_AUDIT, P.READ_TOKENS}),
-        ("admin", {P.MANAGE_TOKENS, P.READ_TOKENS}),
+        ("admin", {P.MANAGE_TOKENS, P.READ_TOKENS, P.REBUILD_VIEWS}),
     ],
 )
 def test_each_role_has_exactly_its_permissions(role, granted):
