@@ -8,6 +8,7 @@ carry a UTC offset, values must be physiologically plausible.
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal, TypeAlias, Union
 
@@ -522,6 +523,13 @@ _CLINICAL_UNION: Any = Annotated[
     Field(discriminator="type"),
 ]
 CLINICAL_EVENT_ADAPTER: TypeAdapter[Any] = TypeAdapter(_CLINICAL_UNION)
+
+
+def parse_recorded(wire: dict[str, Any]) -> ClinicalEvent:
+    """A stored clinical event (wire form, validated when it arrived) as the model
+    again, by the same strict JSON rules (no receiver clock: it is not new)."""
+    event: ClinicalEvent = CLINICAL_EVENT_ADAPTER.validate_json(json.dumps(wire))
+    return event
 
 
 def clinical_event_schema() -> dict[str, Any]:

@@ -50,6 +50,7 @@ from domain.contract import (
     RecordVoided,
     SafetyEvent,
     VitalsRecorded,
+    parse_recorded,
 )
 from domain.crs import CRS_INPUT_TYPES, CRSDerivation, CRSEpisode, derive_crs
 from domain.ctcae import FEVER_TERM, CTCAEVersion, derive_toxicities, lab_baselines
@@ -262,6 +263,47 @@ class Participant(Aggregate):
         def apply(self, aggregate: Aggregate) -> None:
             cast(Participant, aggregate).apply_recorded(self.event, self.received_at)
 
+    class Parked(Aggregate.Event):
+        """An accepted event could not be applied (a defect, not bad input): the
+        participant's record is held from here until a person releases it."""
+
+        event: dict[str, Any]
+        received_at: datetime
+        reason: str
+        position: str
+
+        def apply(self, aggregate: Aggregate) -> None:
+            participant = cast(Participant, aggregate)
+            participant.parked = {
+                "reason": self.reason,
+                "position": self.position,
+                "event_type": self.event["type"],
+                "received_at": self.received_at.isoformat(),
+            }
+            participant.held.append((self.event, self.received_at))
+
+    class Held(Aggregate.Event):
+        """An event for a parked participant, kept unapplied in arrival order."""
+
+        event: dict[str, Any]
+        received_at: datetime
+
+        def apply(self, aggregate: Aggregate) -> None:
+            cast(Participant, aggregate).held.append((self.event, self.received_at))
+
+    class Released(Aggregate.Event):
+        """A person released a parked participant: the held events are applied next,
+        in arrival order (a human action, with who, when and why)."""
+
+        by: str
+        at: datetime
+        reason: str
+
+        def apply(self, aggregate: Aggregate) -> None:
+            participant = cast(Participant, aggregate)
+            participant.parked = None
+            participant.held = []
+
     class CRSGraded(SafetyEventRecorded):
         contract_type = "crs.graded"
 
@@ -383,6 +425,9 @@ class Participant(Aggregate):
         #: When each recorded event arrived and when its source recorded it.
         self.awareness: dict[str, tuple[datetime, datetime | None]] = {}
         self.wake_at: datetime | None = None
+        #: Why the record is parked (``Parked``), and the events held since, in order.
+        self.parked: dict[str, str] | None = None
+        self.held: list[tuple[dict[str, Any], datetime]] = []
         #: When each rule system next changes with time alone (as of its last derivation).
         self.wakes: dict[str, datetime | None] = {}
         self._next_wakes: dict[str, datetime | None] = {}
@@ -425,6 +470,13 @@ class Participant(Aggregate):
         """
         if event.event_id in self.seen:
             return False
+        if self.parked is not None:
+            if event.type == "clock.ticked" or any(
+                held["event_id"] == event.event_id for held, _ in self.held
+            ):
+                return False  # time rules catch up on release; a repeat is a repeat
+            self.trigger_event(self.Held, event=event.to_wire(), received_at=received_at)
+            return True
         if event.type == "clock.ticked" and (
             self.wake_at is None or event.occurred_at < self.wake_at
         ):
@@ -438,6 +490,35 @@ class Participant(Aggregate):
         if systems:
             self._derive(event, systems, latest_before)
         return True
+
+    def park(
+        self, event: ClinicalEvent, received_at: datetime, *, reason: str, position: str
+    ) -> None:
+        """Hold ``event``, which could not be applied, and every later one until
+        :meth:`release` (the rest of the trial goes on)."""
+        if self.parked is not None:
+            self.trigger_event(self.Held, event=event.to_wire(), received_at=received_at)
+            return
+        self.trigger_event(
+            self.Parked,
+            event=event.to_wire(),
+            received_at=received_at,
+            reason=reason,
+            position=position,
+        )
+
+    def release(self, *, by: str, at: datetime, reason: str) -> int:
+        """Apply the held events in arrival order (after the defect was fixed); the
+        number applied. An event that fails again raises: nothing is then saved."""
+        if self.parked is None:
+            raise ValueError("the participant is not parked")
+        held = list(self.held)
+        self.trigger_event(self.Released, by=by, at=at, reason=reason)
+        applied = 0
+        for wire, received_at in held:
+            if self.record(parse_recorded(wire), received_at):
+                applied += 1
+        return applied
 
     def _versions(self, section: Callable[[ProtocolParameters], T]) -> list[tuple[Owns, T]]:
         """Each distinct value of a protocol ``section`` with the clinical times it

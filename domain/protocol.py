@@ -460,6 +460,9 @@ class AlertRules(_Section):
     rejected_burst_count: int = Field(default=10, ge=1)
     rejected_burst_window_minutes: float = Field(default=15.0, gt=0)
     rejected_burst_severity: AlertSeverity = "medium"
+    #: A participant's record parked because an accepted event could not be applied:
+    #: nothing is derived for them until a person releases it.
+    parked_participant_severity: AlertSeverity = "critical"
 
 
 class DoseLevel(_Section):

@@ -324,6 +324,60 @@ class AlertBook:
         )
         return self._raise_all([finding], protocol)
 
+    def on_parked(
+        self,
+        *,
+        trial_id: str,
+        participant_id: str,
+        event_type: str,
+        event_id: str,
+        reference: str,
+        received_at: datetime,
+        protocol: ProtocolParameters,
+    ) -> list[AlertCommand]:
+        """An accepted event could not be applied: the participant's record is held
+        (nothing is derived for them) until a person releases it."""
+        return self._raise_all([self._parked(trial_id, participant_id, protocol, (
+            f"{event_type} at {reference} could not be applied: the record is held, "
+            "nothing is derived until it is released"
+        ), received_at, (event_id,))], protocol)  # fmt: skip
+
+    def on_released(
+        self,
+        *,
+        trial_id: str,
+        participant_id: str,
+        by: str,
+        at: datetime,
+        protocol: ProtocolParameters,
+    ) -> list[AlertCommand]:
+        finding = self._parked(trial_id, participant_id, protocol, "", at, ())
+        released = replace(finding, resolves=True, title=f"Record released by {by}")
+        return self._raise_all([released], protocol)
+
+    def _parked(
+        self,
+        trial_id: str,
+        participant_id: str,
+        protocol: ProtocolParameters,
+        title: str,
+        at: datetime,
+        evidence: tuple[str, ...],
+    ) -> Finding:
+        key = (trial_id, participant_id)
+        return Finding(
+            trial_id=trial_id,
+            participant_id=participant_id,
+            site_id=self.sites.get(key),
+            dose_level=self.doses.get(key),
+            category="data_quality",
+            situation=f"{participant_id}:parked",
+            severity=protocol.alert_rules.parked_participant_severity,
+            title=f"Record parked: {title}",
+            effective_at=at,
+            evidence=evidence,
+        )
+
     def on_tick(
         self, trial_id: str, at: datetime, protocol: ProtocolParameters
     ) -> list[AlertCommand]:

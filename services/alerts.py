@@ -48,6 +48,8 @@ INPUT_TOPICS = (
     *(topic for topic in SAFETY_EVENT_TOPICS if topic not in _ALERT_TOPICS),
     get_topic(Participant.Registered),
     get_topic(Participant.ClinicalEventRecorded),
+    get_topic(Participant.Parked),
+    get_topic(Participant.Released),
     get_topic(IngestLedger.MessageRejected),
     get_topic(TrialClock.Ticked),
     get_topic(Alert.Acknowledged),
@@ -64,6 +66,7 @@ class AlertDesk:
         self.book = AlertBook()
         self._folded_to = 0
         self._protocols: dict[str, ProtocolParameters] = {}
+        self._subjects: dict[Any, tuple[str, str]] = {}  # participant aggregate -> ids
 
     def position(self) -> int:
         return self.app.tracked(ALERTS_TRACKING) or 0
@@ -112,6 +115,7 @@ class AlertDesk:
         self.book = AlertBook()
         self._folded_to = 0
         self._protocols = {}
+        self._subjects = {}
 
     def _catch_up(self) -> None:
         """Fold, without saving, what was decided before the tracked position."""
@@ -155,7 +159,28 @@ class AlertDesk:
             return book.on_clinical_event(wire, self._protocol(wire["trial_id"]))
         if isinstance(event, Participant.Registered):
             book.registered(event.trial_id, event.participant_id, event.site_id)
+            self._subjects[event.originator_id] = (event.trial_id, event.participant_id)
             return []
+        if isinstance(event, Participant.Parked):
+            wire = event.event
+            return book.on_parked(
+                trial_id=wire["trial_id"],
+                participant_id=wire["participant_id"],
+                event_type=wire["type"],
+                event_id=wire["event_id"],
+                reference=event.position,
+                received_at=event.received_at,
+                protocol=self._protocol(wire["trial_id"]),
+            )
+        if isinstance(event, Participant.Released):
+            trial_id, participant_id = self._subjects[event.originator_id]
+            return book.on_released(
+                trial_id=trial_id,
+                participant_id=participant_id,
+                by=event.by,
+                at=event.at,
+                protocol=self._protocol(trial_id),
+            )
         if isinstance(event, TrialClock.Ticked):
             return book.on_tick(event.trial_id, event.at, self._protocol(event.trial_id))
         if isinstance(event, IngestLedger.MessageRejected):

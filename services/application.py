@@ -24,6 +24,7 @@ from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError, Notification, Tracking
 
 from domain.contract import TRIAL_LEVEL_PARTICIPANT, ClinicalEvent, RejectionError, SafetyEvent
+from domain.errors import NotFound
 from domain.participant import Participant, SafetyEventRecorded, participant_aggregate_id
 from domain.protocol import ProtocolParameters
 from domain.records import IngestLedger, PartitionRoster, TrialClock, TrialLog
@@ -66,6 +67,7 @@ class BatchOutcome:
     rejected_by_code: Counter[str] = field(default_factory=Counter)
     duplicates: int = 0
     already_applied: int = 0
+    parked: int = 0
     new_domain_events: int = 0
     derived: list[SafetyEvent] = field(default_factory=list)
     commit_seconds: float = 0.0
@@ -152,6 +154,11 @@ class SafetyMonitoring(Application[UUID]):
             position = (message.topic, message.partition, message.offset)
             result = validate_message(message.value, now=now, limits=self.limits)
             if position in poisoned:
+                if not isinstance(result, RejectionError) and self._park(
+                    batch, message, result, poisoned[position]
+                ):
+                    outcome.parked += 1
+                    continue
                 result = RejectionError(code="processing_error", message=poisoned[position])
             if isinstance(result, RejectionError):
                 ledger = batch.get(IngestLedger, message.topic, message.partition)
@@ -192,6 +199,46 @@ class SafetyMonitoring(Application[UUID]):
         for (topic, partition), offset in batch.positions.items():
             self._positions[(topic, partition)] = offset + 1
         return outcome
+
+    def _park(
+        self, batch: _Batch, message: InboundMessage, event: ClinicalEvent, reason: str
+    ) -> bool:
+        """Hold a valid event that could not be applied on its participant's record,
+        with every later one of that participant, until a person releases it: the
+        other participants are not held up. False when it names no participant (a
+        trial-level record, a tick) or its record cannot be loaded: it is then kept
+        in the ingest ledger as ``processing_error``."""
+        if event.type == "clock.ticked" or event.participant_id == TRIAL_LEVEL_PARTICIPANT:
+            return False
+        try:
+            participant = batch.participant(event.trial_id, event.participant_id, event.site_id)
+            participant.park(
+                event,
+                message.received_at,
+                reason=reason,
+                position=f"{message.topic}#{message.partition}@{message.offset}",
+            )
+        except Exception:
+            log.exception(
+                "parking at %s#%d@%d failed", message.topic, message.partition, message.offset
+            )
+            return False
+        return True
+
+    def release_participant(
+        self, trial_id: str, participant_id: str, *, by: str, at: datetime, reason: str
+    ) -> int:
+        """Apply a parked participant's held events (a human action); the number applied.
+        Raises ``NotFound`` (no such participant) or ``ValueError`` (not parked); an
+        event that fails again propagates and nothing is saved."""
+        try:
+            participant = self.get_participant(trial_id, participant_id)
+        except AggregateNotFoundError as error:
+            raise NotFound(f"no participant {participant_id} in {trial_id}") from error
+        participant.follow_protocol(self.trial_protocol(trial_id))
+        applied = participant.release(by=by, at=at, reason=reason)
+        self.save(participant)
+        return applied
 
     def _apply_event(self, batch: _Batch, message: InboundMessage, event: ClinicalEvent) -> bool:
         if event.type == "clock.ticked":

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import signal
 import sys
@@ -672,6 +671,38 @@ def audit_as_of(
     typer.echo(json.dumps(result, indent=2, default=str))
 
 
+participant_app = typer.Typer(no_args_is_help=True, help="Parked participants' records.")
+app.add_typer(participant_app, name="participant")
+
+
+@participant_app.command("release")
+def participant_release(
+    trial: str,
+    participant: str,
+    by: Annotated[str, typer.Option("--by", help="Who releases it.")],
+    reason: Annotated[str, typer.Option(help="Why (e.g. the fix deployed).")],
+) -> None:
+    """Apply a parked participant's held events, in arrival order (after the defect
+    that parked it is fixed); an event that fails again leaves it parked."""
+    from datetime import UTC, datetime
+
+    from domain.errors import NotFound
+    from services.bootstrap import build_application
+
+    application = build_application(_settings())
+    try:
+        applied = application.release_participant(
+            trial, participant, by=by, at=datetime.now(UTC), reason=reason
+        )
+    except (NotFound, ValueError) as error:
+        typer.echo(f"cannot release: {error}", err=True)
+        raise typer.Exit(1) from None
+    except Exception as error:  # the defect is still there: stays parked
+        typer.echo(f"still failing, left parked: {type(error).__name__}: {error}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"released {trial}/{participant}: {applied} held events applied")
+
+
 @app.command("replay")
 def replay_command(
     into: Annotated[
@@ -774,10 +805,9 @@ def key_rotate(
 
 
 def main() -> None:
-    logging.basicConfig(
-        level=os.environ.get("TOXWATCH_LOG_LEVEL", "WARNING"),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    from services.logs import configure_logging
+
+    configure_logging()
     app()
 
 

@@ -28,6 +28,7 @@ store is never written.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import json
 import time
@@ -44,7 +45,7 @@ from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import Notification
 from psycopg import sql
 
-from domain.contract import CLINICAL_EVENT_ADAPTER
+from domain.contract import parse_recorded
 from domain.errors import ToxWatchError
 from domain.participant import Participant, SafetyEventRecorded
 from domain.protocol import ProtocolParameters
@@ -182,7 +183,7 @@ class Rebuild:
             self._collect(participant)
         elif isinstance(event, Participant.ClinicalEventRecorded):
             participant = self.participants[event.originator_id]
-            clinical = CLINICAL_EVENT_ADAPTER.validate_json(json.dumps(event.event))
+            clinical = parse_recorded(event.event)
             if not participant.record(clinical, event.received_at):
                 self._difference(
                     "input",
@@ -190,6 +191,27 @@ class Rebuild:
                     "not re-applied",
                     f"{event.event['type']} {event.event['event_id']} was not recorded again",
                 )
+            self._collect(participant)
+        elif isinstance(event, Participant.Parked | Participant.Held):
+            # Applied again: today's code may apply what the live code could not.
+            participant = self.participants[event.originator_id]
+            clinical = parse_recorded(event.event)
+            before = copy.deepcopy(participant)
+            try:
+                participant.record(clinical, event.received_at)
+            except Exception as error:  # parked again, as live
+                participant = self.participants[event.originator_id] = before
+                participant.park(
+                    clinical,
+                    event.received_at,
+                    reason=f"{type(error).__name__}: {error}"[:500],
+                    position=getattr(event, "position", ""),
+                )
+            self._collect(participant)
+        elif isinstance(event, Participant.Released):
+            participant = self.participants[event.originator_id]
+            if participant.parked is not None:
+                participant.release(by=event.by, at=event.at, reason=event.reason)
             self._collect(participant)
         elif isinstance(event, Trial.FactObserved):
             # The live monitor evaluated here, having read up to ``read_through``.

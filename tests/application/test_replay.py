@@ -188,3 +188,32 @@ def test_the_api_rebuilds_its_read_models_beside_the_live_ones_and_switches_on_r
         again = client.post("/views/rebuild", headers=as_admin).json()
         assert set(again["views"].values()) == {"identical"}
     app.close()
+
+
+# ------------------------------------------------------------ a parked record
+
+
+def test_a_parked_record_replays_parked_under_the_same_code_and_applied_after_the_fix(
+    monkeypatch,
+):
+    from domain.participant import Participant
+
+    original = Participant.record
+
+    def defective(self, event, received_at):
+        if event.event_id == "r-5" and self.parked is None:  # the blow-by oxygen
+            raise RuntimeError("defect while deriving")
+        return original(self, event, received_at)
+
+    monkeypatch.setattr(Participant, "record", defective)
+    live = store_of(BEFORE_HYPOXIA, HYPOXIA)
+    assert live.get_participant(TRIAL, WHO).parked is not None
+
+    same = replay(live, in_memory_application())
+    assert same.identical, same.differences
+
+    monkeypatch.undo()  # the fix is deployed
+    fixed = replay(live, in_memory_application())
+    changes = {(d.layer, d.change, d.what.split(" ")[0]) for d in fixed.differences}
+    assert ("participant", "only live", "Participant.Parked") in changes
+    assert ("participant", "only rebuilt", "crs.graded") in changes
