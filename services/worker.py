@@ -122,5 +122,6 @@ def run_worker(
 ) -> None:
     """Run the faust worker until it is stopped (SIGINT/SIGTERM)."""
     app = create_faust_app(settings, bootstrap_servers, application, metrics)
-    worker = faust.Worker(app, loglevel="WARN", quiet=True)
+    # Logging is the process's own (services.logs), JSON in production.
+    worker = faust.Worker(app, quiet=True, override_logging=False)
     worker.execute_from_commandline()
