@@ -121,3 +121,28 @@ class Metrics:
         self.relay_position = Gauge(
             "toxwatch_relay_position", "Last notification id published by the relay", registry=r
         )
+
+
+class FollowerMetrics:
+    """A log follower's liveness (the trial monitor, the alerts process): its passes
+    and when the last one succeeded (a stuck or failing loop stops the clock)."""
+
+    def __init__(self, follower: str, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.follower = follower
+        self.entries = Counter(
+            "toxwatch_follower_entries",
+            "Log entries a follower processed",
+            ["follower"],
+            registry=self.registry,
+        ).labels(follower)
+        self.last_pass = Gauge(
+            "toxwatch_follower_last_pass_timestamp_seconds",
+            "When a follower last completed a pass over the log (Unix time)",
+            ["follower"],
+            registry=self.registry,
+        ).labels(follower)
+
+    def passed(self, entries: int) -> None:
+        self.entries.inc(entries)
+        self.last_pass.set_to_current_time()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -103,10 +104,20 @@ class AlertDesk:
             total += read
         return total
 
-    def follow(self, stop: threading.Event, poll_seconds: float = 0.05) -> None:
+    def follow(
+        self,
+        stop: threading.Event,
+        poll_seconds: float = 0.05,
+        on_pass: Callable[[int], None] | None = None,
+    ) -> None:
         """Run until ``stop`` is set, polling the log when caught up."""
         follow_log(
-            self.run_once, stop, name="alerts", poll_seconds=poll_seconds, after_failure=self._reset
+            self.run_once,
+            stop,
+            name="alerts",
+            poll_seconds=poll_seconds,
+            after_failure=self._reset,
+            on_pass=on_pass,
         )
 
     # ------------------------------------------------------------ folding

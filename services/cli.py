@@ -9,7 +9,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import typer
 
@@ -168,24 +168,42 @@ def relay() -> None:
 def monitor() -> None:
     """Run the trial monitor: dose decisions and stopping rules from the store's log."""
     from services.bootstrap import build_application
-    from services.monitor import TrialMonitor
+    from services.monitor import MONITOR_TRACKING, TrialMonitor
 
+    settings = _settings()
+    metrics = _follower_metrics(settings, MONITOR_TRACKING)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with contextlib.suppress(KeyboardInterrupt):
-        TrialMonitor(build_application(_settings())).follow(stop)
+        TrialMonitor(build_application(settings)).follow(stop, on_pass=metrics.passed)
 
 
 @app.command()
 def alerts() -> None:
     """Run the alerts process: alert decisions and escalations from the store's log."""
-    from services.alerts import AlertDesk
+    from services.alerts import ALERTS_TRACKING, AlertDesk
     from services.bootstrap import build_application
 
+    settings = _settings()
+    metrics = _follower_metrics(settings, ALERTS_TRACKING)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with contextlib.suppress(KeyboardInterrupt):
-        AlertDesk(build_application(_settings())).follow(stop)
+        AlertDesk(build_application(settings)).follow(stop, on_pass=metrics.passed)
+
+
+def _follower_metrics(settings: Settings, follower: str) -> Any:
+    """A follower's liveness metrics, served when ``TOXWATCH_METRICS_PORT`` is set."""
+    from prometheus_client import start_http_server
+
+    from infra.metrics import FollowerMetrics
+
+    metrics = FollowerMetrics(follower)
+    if settings.metrics_port:
+        start_http_server(
+            settings.metrics_port, addr=settings.metrics_host, registry=metrics.registry
+        )
+    return metrics
 
 
 @app.command()

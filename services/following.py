@@ -26,14 +26,19 @@ def follow_log(
     poll_seconds: float,
     after_failure: Callable[[], None] | None = None,
     pause_after_failure_s: float = 1.0,
+    on_pass: Callable[[int], None] | None = None,
 ) -> None:
     """Call ``run_once`` (the number of log entries it handled) until ``stop`` is
     set, waiting ``poll_seconds`` whenever it is caught up. A concurrent write
     (``IntegrityError``) is retried at once; any other failure after a pause, with
-    ``after_failure`` run first (to drop state the failed pass built)."""
+    ``after_failure`` run first (to drop state the failed pass built). ``on_pass``
+    hears of each successful pass (the entries it handled): a liveness signal."""
     while not stop.is_set():
         try:
-            if not run_once():
+            handled = run_once()
+            if on_pass is not None:
+                on_pass(handled)
+            if not handled:
                 stop.wait(poll_seconds)
         except IntegrityError:
             log.info("%s: a concurrent write; retrying the pass", name)

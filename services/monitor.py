@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
 
@@ -191,9 +191,16 @@ class TrialMonitor:
             total += read
         return total
 
-    def follow(self, stop: threading.Event, poll_seconds: float = 0.2) -> None:
+    def follow(
+        self,
+        stop: threading.Event,
+        poll_seconds: float = 0.2,
+        on_pass: Callable[[int], None] | None = None,
+    ) -> None:
         """Run until ``stop`` is set, polling the log when caught up."""
-        follow_log(self.run_once, stop, name="trial monitor", poll_seconds=poll_seconds)
+        follow_log(
+            self.run_once, stop, name="trial monitor", poll_seconds=poll_seconds, on_pass=on_pass
+        )
 
     def _trial(self, trial_id: str) -> Trial:
         try:

@@ -67,10 +67,19 @@ PIPELINE_METRICS = {
     "toxwatch_alert_dispatch_failures_total",
     "toxwatch_relay_position",
     "toxwatch_consumer_lag_messages",
+    "toxwatch_follower_entries_total",
+    "toxwatch_follower_last_pass_timestamp_seconds",
 }
 HISTOGRAMS = {"toxwatch_batch_size", "toxwatch_commit_seconds", "toxwatch_alert_delivery_seconds"}
 CATALOGUE = SAFETY_METRICS | PIPELINE_METRICS | HISTOGRAMS
-TOXWATCH_JOBS = {"toxwatch-worker", "toxwatch-relay", "toxwatch-safety", "toxwatch-dispatcher"}
+TOXWATCH_JOBS = {
+    "toxwatch-worker",
+    "toxwatch-relay",
+    "toxwatch-safety",
+    "toxwatch-dispatcher",
+    "toxwatch-monitor",
+    "toxwatch-alerts",
+}
 DASHBOARD_FILES = {"dsmb-safety-overview.json", "dose-level-detail.json", "pipeline-health.json"}
 #: What the dashboards' variables stand for when their queries are checked.
 VARIABLES = {"trial": "NCT07049081", "dose_level": "DL1"}

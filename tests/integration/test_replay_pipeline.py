@@ -62,7 +62,15 @@ def test_a_full_cohort_replays_identically(
 ) -> None:
     messages = simulate_cohort(COHORT)
     half = len(messages) // 2
-    env = fresh_topics.env() | store.env | {"TOXWATCH_PROTOCOL_FILE": str(PROTOCOL)}
+    env = (
+        fresh_topics.env()
+        | store.env
+        | {
+            "TOXWATCH_PROTOCOL_FILE": str(PROTOCOL),
+            "TOXWATCH_LOG_FORMAT": "json",
+            "TOXWATCH_LOG_LEVEL": "INFO",
+        }
+    )
     store.initialise()
     for command in ("worker", "monitor", "alerts"):
         services.start(command, env)
@@ -153,6 +161,34 @@ def test_a_full_cohort_replays_identically(
     }  # fmt: skip
     assert set(report["views"].values()) == {"identical"}
     assert "identical" in replayed.stdout
+
+
+def assert_logs_are_json_without_identifiers(services: Services, messages: list[Any]) -> None:
+    """Issue 8, item 6: the services log one JSON object per line, and no line names a
+    participant, a site or a clinical event (the whole cohort went through them)."""
+    identifiers: set[str] = set()
+    for message in messages:
+        try:
+            event = json.loads(message.value)
+        except ValueError:
+            continue  # a malformed message of the stream
+        if isinstance(event, dict):
+            for name in ("participant_id", "site_id", "event_id"):
+                value = event.get(name)
+                if isinstance(value, str) and len(value) >= 5 and value != "-":
+                    identifiers.add(value)
+    assert len(identifiers) > 100
+    lines = 0
+    for service in services.started:
+        for line in service.log_path.read_text(errors="replace").splitlines():
+            if not line.strip():
+                continue
+            record = json.loads(line)  # every line is a JSON log record
+            assert {"time", "level", "logger", "message", "service"} <= set(record), line
+            named = [i for i in identifiers if i in line]
+            assert not named, f"{service.name} logged {named[:3]}: {line[:300]}"
+            lines += 1
+    assert lines > 0, "the services logged nothing at INFO"
 
 
 def _drop_schema(store: Store, name: str) -> None:
