@@ -43,6 +43,9 @@ class Settings(BaseSettings):
 
     batch_max_messages: int = 500
     batch_max_wait_ms: int = 50
+    #: How long the broker may hold a fetch with nothing new (lower: less latency on
+    #: a broker that holds fetches for their whole wait, more idle requests).
+    fetch_max_wait_ms: int = 100
     max_message_bytes: int = 256 * 1024
     future_skew_seconds: float = 300.0
     aggregate_cache_size: int = 10_000

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import faust
+from faust.transport.drivers import aiokafka as faust_kafka
 from faust.types import TP
 
 from infra.metrics import Metrics
@@ -38,6 +39,40 @@ def record_outcome(metrics: Metrics, outcome: BatchOutcome, size: int) -> None:
     metrics.commit_seconds.observe(outcome.commit_seconds)
 
 
+class _ConsumerThread(faust_kafka.AIOKafkaConsumerThread):
+    """faust's consumer thread with the fetch wait of the settings: faust fixes
+    aiokafka's ``fetch_max_wait_ms`` at 1500 ms, and a broker that holds a fetch for
+    its whole wait (the embedded tansu does, even when a message arrives) then delays
+    every message by up to that much (measured: 716 ms median at 1500, 13 ms at 50)."""
+
+    fetch_max_wait_ms = 100
+
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        # aiokafka reads it when the consumer starts (no public setter).
+        consumer._fetch_max_wait_ms = self.fetch_max_wait_ms
+        return consumer
+
+
+def _transport(app: faust.App, fetch_max_wait_ms: int) -> Any:
+    """faust's Kafka transport, its consumer using :class:`_ConsumerThread`."""
+
+    class ConsumerThread(_ConsumerThread):
+        pass
+
+    ConsumerThread.fetch_max_wait_ms = fetch_max_wait_ms
+
+    class Consumer(faust_kafka.Consumer):
+        def _new_consumer_thread(self) -> Any:
+            return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    class Transport(faust_kafka.Transport):
+        pass
+
+    Transport.Consumer = Consumer
+    return Transport(app.conf.broker_consumer, app)
+
+
 def create_faust_app(
     settings: Settings, bootstrap_servers: str, application: SafetyMonitoring, metrics: Metrics
 ) -> faust.App:
@@ -58,6 +93,7 @@ def create_faust_app(
         consumer_max_fetch_size=4 * 1024 * 1024,
         stream_buffer_maxsize=4 * settings.batch_max_messages,
     )
+    app.transport = _transport(app, settings.fetch_max_wait_ms)
     topic = app.topic(
         settings.clinical_topic,
         key_type=bytes,
