@@ -1,17 +1,27 @@
 """Validation of an inbound message against the contract (contract §4).
 
 Pure: the receiver's clock is an argument. Every failure becomes a
-``RejectionError`` with a stable ``code``, a message and the offending field.
+``RejectionError`` with a stable ``code``, a message and the offending field, both of
+bounded length whatever the message held.
 """
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
-from domain.contract import CLINICAL_EVENT_ADAPTER, ClinicalEvent, RejectionError
+from domain.contract import (
+    CLINICAL_EVENT_ADAPTER,
+    DATA_MODELS,
+    TRIAL_LEVEL_TYPES,
+    ClinicalEvent,
+    RecordCorrected,
+    RejectionError,
+)
 
 _CODES = {
     "missing": "missing_field",
@@ -49,6 +59,26 @@ _CODES = {
 }
 
 
+#: Longest rejection ``message`` and ``field``: a rejection travels as a Kafka header
+#: beside the message it rejects, so it must not grow with what the sender chose.
+MAX_REJECTION_MESSAGE_CHARS = 500
+MAX_REJECTION_FIELD_CHARS = 200
+#: The integers every consumer can read back: signed 64-bit (RFC 8259 §6 leaves
+#: larger ones to the implementation; orjson, Java and Go stop there).
+INTEROPERABLE_INTEGERS = range(-(2**63), 2**63)
+#: The magnitudes a non-zero measurement can have: far beyond any clinical quantity in
+#: the contract's units (cells/kg ~1e9, counts/uL ~1e6), and near enough to 1 that the
+#: grading's ratios and unit conversions stay finite (a limit of 5e-324 made a ratio
+#: of infinity; a value of 1.8e308 a grade with an infinite value).
+MEASURABLE_MAGNITUDES = (1e-15, 1e15)
+#: The data models a ``record.corrected`` can replace the data of.
+CORRECTABLE_MODELS = tuple(
+    model
+    for name, model in DATA_MODELS.items()
+    if name not in TRIAL_LEVEL_TYPES and name not in ("record.corrected", "record.voided")
+)
+
+
 @dataclass(frozen=True)
 class ValidationLimits:
     max_bytes: int = 256 * 1024
@@ -72,7 +102,83 @@ def validate_message(
         )
     except ValidationError as error:
         return _rejection(error)
-    return event
+    return (
+        _value_rejection(event.occurred_at, "occurred_at")
+        or _value_rejection(event.reported_at, "reported_at")
+        or _value_rejection(event.data, "data")
+        or _correction_rejection(event.data)
+        or event
+    )
+
+
+def _correction_rejection(data: object) -> RejectionError | None:
+    """A correction's replacement ``data`` is free-form on the wire; it must still be
+    the data of some clinical event type, as strictly as that type's own events (JSON
+    numbers, not strings such as ``"Infinity"``), with usable values. Whether it fits
+    the type of the event it corrects is for the record to judge (it asks when not)."""
+    if not isinstance(data, RecordCorrected):
+        return None
+    text = json.dumps(data.data)
+    for model in CORRECTABLE_MODELS:
+        try:
+            replacement = model.model_validate_json(text)
+        except ValidationError:
+            continue
+        return _value_rejection(replacement, "data.data")
+    return _rejected(
+        "invalid_value",
+        "data.data",
+        "the replacement data is not the data of any clinical event type",
+    )
+
+
+def _value_rejection(value: object, path: str) -> RejectionError | None:
+    """A rejection for the first value that parses but cannot be used: a number no
+    JSON consumer can read back (NaN or an infinity: ``NaN``, ``Infinity`` and
+    ``1e309`` parse to them; an integer beyond 64 bits), a measurement of no
+    measurable size, or a timestamp whose UTC time is outside years 1-9999
+    (``0001-01-01T00:00:00+14:00``); in ``data`` at any depth."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, float):
+        low, high = MEASURABLE_MAGNITUDES
+        if not math.isfinite(value):
+            return _rejected("out_of_range", path, "the number is not finite")
+        if value and not low <= abs(value) <= high:
+            return _rejected(
+                "out_of_range", path, f"the number's size is outside {low:g} to {high:g}"
+            )
+        return None
+    if isinstance(value, int) and value not in INTEROPERABLE_INTEGERS:
+        return _rejected("out_of_range", path, "the integer is outside the signed 64-bit range")
+    if isinstance(value, datetime):
+        try:
+            value.astimezone(UTC)
+        except OverflowError:
+            return _rejected("bad_timestamp", path, "the time in UTC is outside years 1-9999")
+        return None
+    children: list[tuple[str, object]] = []
+    if isinstance(value, BaseModel):
+        children = [(name, getattr(value, name)) for name in type(value).model_fields]
+    elif isinstance(value, dict):
+        children = [(str(name), item) for name, item in value.items()]
+    elif isinstance(value, list):
+        children = [(str(index), item) for index, item in enumerate(value)]
+    for name, child in children:
+        found = _value_rejection(child, f"{path}.{name}")
+        if found is not None:
+            return found
+    return None
+
+
+def _rejected(code: str, field: str, message: str) -> RejectionError:
+    return RejectionError(
+        code=code, message=message, field=_bounded(field, MAX_REJECTION_FIELD_CHARS)
+    )
+
+
+def _bounded(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _rejection(error: ValidationError) -> RejectionError:
@@ -90,7 +196,7 @@ def _rejection(error: ValidationError) -> RejectionError:
         field = "type"
     elif kind == "union_tag_invalid":
         field = "type"
-        message = f"unknown event type {first['ctx']['tag']!r}"
+        message = f"unknown event type {_bounded(str(first['ctx']['tag']), 80)!r}"
     elif kind == "wrong_unit":
         field = "data.unit"
     elif kind == "participant_scope":
@@ -101,4 +207,8 @@ def _rejection(error: ValidationError) -> RejectionError:
     count = error.error_count()
     if count > 1:
         message += f" (and {count - 1} more error{'s' if count > 2 else ''})"
-    return RejectionError(code=code, message=message, field=field)
+    return RejectionError(
+        code=code,
+        message=_bounded(message, MAX_REJECTION_MESSAGE_CHARS),
+        field=None if field is None else _bounded(field, MAX_REJECTION_FIELD_CHARS),
+    )

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 import typer
 
 from infra.settings import Settings
+from services.fuzz import fuzz_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 protocol_app = typer.Typer(no_args_is_help=True, help="Versioned protocol files.")
@@ -28,6 +29,7 @@ app.add_typer(report_app, name="report")
 dashboard_app = typer.Typer(no_args_is_help=True, help="The built-in HTML dashboard.")
 app.add_typer(dashboard_app, name="dashboard")
 app.add_typer(token_app, name="token")
+app.add_typer(fuzz_app, name="fuzz")
 
 
 def _settings() -> Settings:
@@ -542,6 +544,20 @@ def bench_ingest(
     run_ingest_bench(events=events, stores=stores, runs=runs, out=out)
 
 
+@bench_app.command("replay")
+def bench_replay(
+    participants: Annotated[int, typer.Option(help="Participants stored before timing.")] = 42,
+    runs: Annotated[int, typer.Option(help="Runs (the median is reported).")] = 3,
+    full: Annotated[bool, typer.Option(help="Also time the full re-derivation.")] = True,
+    out: Annotated[Path | None, typer.Option(help="Write the results as JSON.")] = None,
+) -> None:
+    """Rebuilding from the store (projections only, and in full) next to merely reading
+    and decoding the same stored events."""
+    from services.bench_replay import run_replay_bench
+
+    run_replay_bench(participants=participants, runs=runs, full=full, out=out)
+
+
 @bench_app.command("alerts")
 def bench_alerts(
     rates: Annotated[
@@ -733,6 +749,13 @@ def replay_command(
     ] = None,
     report: Annotated[Path | None, typer.Option(help="Write the full report as JSON.")] = None,
     show: Annotated[int, typer.Option(help="Differences to print (all are in --report).")] = 20,
+    rederive: Annotated[
+        bool,
+        typer.Option(
+            help="Derive every participant's safety events again (--no-rederive: take "
+            "them as stored and rebuild only the trial monitor, the alerts and the views)."
+        ),
+    ] = True,
 ) -> None:
     """Rebuild every derivation (participants' safety events, trial monitor, alerts)
     and every read model from position zero beside the live store, and report each
@@ -748,7 +771,7 @@ def replay_command(
             target = in_memory_application(live.protocol, live.limits)
         else:
             target = build_application(target_settings(settings, into))
-        result = replay(live, target)
+        result = replay(live, target, rederive=rederive)
     except ReplayError as error:
         typer.echo(f"cannot replay: {error}", err=True)
         raise typer.Exit(2) from None

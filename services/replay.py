@@ -116,11 +116,16 @@ class ReplayReport:
 class Rebuild:
     """Rebuilds ``live``'s derivations into ``target`` (an empty store)."""
 
-    def __init__(self, live: SafetyMonitoring, target: SafetyMonitoring) -> None:
+    def __init__(
+        self, live: SafetyMonitoring, target: SafetyMonitoring, *, rederive: bool = True
+    ) -> None:
+        """``rederive`` False: participants' stored derivations are copied, not made
+        again (only the trial monitor, the alerts and the views are rebuilt)."""
         if target.recorder.max_notification_id():
             raise ReplayError("the rebuild target is not empty: give a new store")
         self.live = live
         self.target = target
+        self.rederive = rederive
         self.monitor = TrialMonitor(target)
         self.desk = AlertDesk(target)
         self.participants: dict[UUID, Participant] = {}
@@ -170,6 +175,9 @@ class Rebuild:
         return self.positions.get(live_position) or self.target.recorder.max_notification_id()
 
     def _replay(self, notification: Notification, event: Any) -> None:
+        if not self.rederive and _layer(event) == "participant":
+            self.pending.append(event)
+            return
         if isinstance(event, Participant.Registered):
             parameters = ProtocolParameters.model_validate(event.parameters)
             participant = Participant.open(
@@ -339,9 +347,12 @@ def target_settings(settings: Settings, into: str) -> Settings:
     return settings.model_copy(update={"postgres_schema": into})
 
 
-def replay(live: SafetyMonitoring, target: SafetyMonitoring) -> ReplayReport:
-    """Rebuild ``live`` into the empty ``target`` and compare histories and views."""
-    report = Rebuild(live, target).run()
+def replay(
+    live: SafetyMonitoring, target: SafetyMonitoring, *, rederive: bool = True
+) -> ReplayReport:
+    """Rebuild ``live`` into the empty ``target`` and compare histories and views
+    (``rederive`` False: the participants' derivations are taken as stored)."""
+    report = Rebuild(live, target, rederive=rederive).run()
     verdicts, differences = compare_snapshots(view_snapshots(live), view_snapshots(target))
     report.views = verdicts
     report.differences.extend(

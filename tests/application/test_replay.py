@@ -217,3 +217,25 @@ def test_a_parked_record_replays_parked_under_the_same_code_and_applied_after_th
     changes = {(d.layer, d.change, d.what.split(" ")[0]) for d in fixed.differences}
     assert ("participant", "only live", "Participant.Parked") in changes
     assert ("participant", "only rebuilt", "crs.graded") in changes
+
+
+def test_without_rederiving_the_participants_a_rule_fix_is_not_seen_but_the_rest_rebuilds(
+    monkeypatch,
+):
+    """``--no-rederive`` takes the participants' derivations as stored: a fixed grading
+    rule then changes nothing, and the trial monitor, alerts and views still rebuild."""
+    classify = domain.crs.classify_oxygen
+    monkeypatch.setattr(
+        domain.crs,
+        "classify_oxygen",
+        lambda device, flow, params: (
+            "none" if device == "blow_by" else classify(device, flow, params)
+        ),
+    )
+    defective = store_of(BEFORE_HYPOXIA, HYPOXIA)
+    monkeypatch.undo()
+
+    report = replay(defective, in_memory_application(), rederive=False)
+
+    assert report.identical, report.differences
+    assert report.compared["participant"] == 1
