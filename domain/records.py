@@ -115,20 +115,36 @@ class TrialClock(Aggregate):
     def __init__(self, trial_id: str, topic: str, partition: int, day: str) -> None:
         self.trial_id = trial_id
         self.latest: datetime | None = None
+        self.seen: set[str] = set()
 
     @staticmethod
     def create_id(trial_id: str, topic: str, partition: int, day: str) -> UUID:
         return TrialClock.id_for(trial_id, topic, partition, day)
 
-    def tick(self, at: datetime) -> bool:
-        if self.latest is not None and at <= self.latest:
+    def has_seen(self, event_id: str) -> bool:
+        """A tick of this id was delivered on this partition this day (contract §1: a
+        repeated ``event_id`` is ignored, whatever time it carries)."""
+        return event_id in self.seen
+
+    def tick(self, at: datetime, event_id: str | None = None) -> bool:
+        if event_id is not None and event_id in self.seen:
             return False
-        self._ticked(trial_id=self.trial_id, at=at)
+        if self.latest is not None and at <= self.latest:
+            if event_id is not None:
+                self._seen(event_id=event_id)
+            return False
+        self._ticked(trial_id=self.trial_id, at=at, event_id=event_id)
         return True
 
     @event("Ticked")
-    def _ticked(self, trial_id: str, at: datetime) -> None:
+    def _ticked(self, trial_id: str, at: datetime, event_id: str | None = None) -> None:
         self.latest = at
+        if event_id is not None:
+            self.seen.add(event_id)
+
+    @event("TickSeen")
+    def _seen(self, event_id: str) -> None:
+        self.seen.add(event_id)
 
 
 class TrialLog(Aggregate):

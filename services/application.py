@@ -244,7 +244,9 @@ class SafetyMonitoring(Application[UUID]):
         if event.type == "clock.ticked":
             day = event.occurred_at.astimezone(UTC).date().isoformat()
             clock = batch.get(TrialClock, event.trial_id, message.topic, message.partition, day)
-            clock.tick(event.occurred_at)
+            if clock.has_seen(event.event_id):
+                return False  # a repeated tick, whatever time it carries
+            clock.tick(event.occurred_at, event.event_id)
             roster = batch.get(PartitionRoster, message.topic, message.partition)
             for trial_id, participant_id in roster.members:
                 if trial_id == event.trial_id:

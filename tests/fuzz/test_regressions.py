@@ -214,11 +214,6 @@ def test_an_event_id_replayed_for_another_participant_is_not_applied():
     assert accepted == {"vitals.recorded": 1}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a clock.ticked is applied whatever its event_id (TrialClock keeps no ids); "
-    "contract §1: a repeated event_id is ignored",
-)
 def test_a_tick_replayed_with_a_later_time_does_not_advance_the_trial_clock():
     tick = {"participant_id": "-", "event_id": "tick-1"}
     app = in_memory_application()
