@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 from base64 import b64decode
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from eventsourcing.cryptography import AESCipher
@@ -27,13 +27,18 @@ from eventsourcing.persistence import Cipher, StoredEvent, Tracking
 from eventsourcing.postgres import PostgresProcessRecorder
 from eventsourcing.sqlite import SQLiteProcessRecorder
 from eventsourcing.utils import Environment
-from psycopg import Cursor
+from psycopg import Cursor, sql
 from psycopg.rows import DictRow
 
 from domain.errors import ToxWatchError
 from infra.settings import Settings
 
 TRACKINGS = "trackings"
+#: Save keyword: (trial, event id, participant) first sent in this batch; their rows in
+#: ``EVENT_IDS_TABLE`` make a repeated event id a duplicate trial-wide (contract §1).
+EVENT_ID_CLAIMS = "event_id_claims"
+EVENT_IDS_TABLE = "toxwatch_event_ids"
+_CHUNK = 400
 CIPHER_TOPIC = "infra.store:KeyringCipher"
 COMPRESSOR_TOPIC = "eventsourcing.compressor:ZlibCompressor"
 PREVIOUS_KEYS = "CIPHER_KEYS_PREVIOUS"
@@ -146,7 +151,16 @@ def cipher_env(settings: Settings) -> dict[str, str]:
 
 
 class SQLiteBatchRecorder(SQLiteProcessRecorder):
-    """SQLite process recorder accepting ``trackings=[Tracking, ...]``."""
+    """SQLite process recorder accepting ``trackings=[Tracking, ...]`` and
+    ``event_id_claims=[(trial, event_id, participant), ...]`` (``EVENT_IDS_TABLE``)."""
+
+    def construct_create_table_statements(self) -> list[str]:
+        statements = super().construct_create_table_statements()
+        statements.append(
+            f"CREATE TABLE IF NOT EXISTS {EVENT_IDS_TABLE} (trial_id TEXT, event_id TEXT, "
+            "participant_id TEXT NOT NULL, PRIMARY KEY (trial_id, event_id)) WITHOUT ROWID"
+        )
+        return statements
 
     def _insert_events(
         self, c: Any, stored_events: Sequence[StoredEvent], **kwargs: Any
@@ -154,18 +168,73 @@ class SQLiteBatchRecorder(SQLiteProcessRecorder):
         returning = super()._insert_events(c, stored_events, **kwargs)
         for tracking in kwargs.get(TRACKINGS, ()):
             self._insert_tracking(c, tracking)
+        claims = list(kwargs.get(EVENT_ID_CLAIMS, ()))
+        if claims:
+            c.executemany(f"INSERT INTO {EVENT_IDS_TABLE} VALUES (?, ?, ?)", claims)
         return returning
+
+    def event_id_owners(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], str]:
+        """The participant (``-``: the trial) that first sent each (trial, event id)."""
+        owners: dict[tuple[str, str], str] = {}
+        wanted = sorted(set(keys))
+        with self.datastore.transaction(commit=False) as c:
+            for start in range(0, len(wanted), _CHUNK):
+                chunk = wanted[start : start + _CHUNK]
+                where = " OR ".join(["(trial_id = ? AND event_id = ?)"] * len(chunk))
+                c.execute(
+                    f"SELECT trial_id, event_id, participant_id FROM {EVENT_IDS_TABLE} "
+                    f"WHERE {where}",
+                    [value for key in chunk for value in key],
+                )
+                for trial_id, event_id, participant_id in c.fetchall():
+                    owners[(trial_id, event_id)] = participant_id
+        return owners
 
 
 class PostgresBatchRecorder(PostgresProcessRecorder):
-    """PostgreSQL process recorder accepting ``trackings=[Tracking, ...]``."""
+    """PostgreSQL process recorder accepting ``trackings=[Tracking, ...]`` and
+    ``event_id_claims=[(trial, event_id, participant), ...]`` (``EVENT_IDS_TABLE``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._event_ids = sql.Identifier(self.datastore.schema, EVENT_IDS_TABLE)
+        self.sql_create_statements.append(
+            sql.SQL(
+                "CREATE TABLE IF NOT EXISTS {} (trial_id text, event_id text, "
+                "participant_id text NOT NULL, PRIMARY KEY (trial_id, event_id))"
+            ).format(self._event_ids)
+        )
 
     def _insert_events(
         self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> None:
         for tracking in kwargs.get(TRACKINGS, ()):
             self._insert_tracking(curs, tracking=tracking)
+        claims = list(kwargs.get(EVENT_ID_CLAIMS, ()))
+        if claims:
+            curs.executemany(
+                sql.SQL("INSERT INTO {} VALUES (%s, %s, %s)").format(self._event_ids), claims
+            )
         super()._insert_events(curs, stored_events, **kwargs)
+
+    def event_id_owners(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], str]:
+        """The participant (``-``: the trial) that first sent each (trial, event id)."""
+        owners: dict[tuple[str, str], str] = {}
+        wanted = sorted(set(keys))
+        with self.datastore.transaction(commit=False) as curs:
+            for start in range(0, len(wanted), _CHUNK):
+                chunk = wanted[start : start + _CHUNK]
+                curs.execute(
+                    sql.SQL(
+                        "SELECT trial_id, event_id, participant_id FROM {} "
+                        "WHERE (trial_id, event_id) IN (SELECT * FROM unnest(%s::text[], "
+                        "%s::text[]))"
+                    ).format(self._event_ids),
+                    ([k[0] for k in chunk], [k[1] for k in chunk]),
+                )
+                for row in curs.fetchall():
+                    owners[(row["trial_id"], row["event_id"])] = row["participant_id"]
+        return owners
 
 
 def partition_tracking_name(topic: str, partition: int) -> str:

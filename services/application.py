@@ -30,7 +30,7 @@ from domain.protocol import ProtocolParameters
 from domain.records import IngestLedger, PartitionRoster, TrialClock, TrialLog
 from domain.trial import Trial
 from domain.validation import ValidationLimits, validate_message
-from infra.store import TRACKINGS, kafka_tracking, partition_tracking_name
+from infra.store import EVENT_ID_CLAIMS, TRACKINGS, kafka_tracking, partition_tracking_name
 from projections.alerts import Alert
 
 log = logging.getLogger(__name__)
@@ -146,13 +146,23 @@ class SafetyMonitoring(Application[UUID]):
         poisoned: Mapping[tuple[str, int, int], str],
     ) -> BatchOutcome:
         outcome = BatchOutcome()
+        validated: dict[tuple[str, int, int], ClinicalEvent | RejectionError] = {}
+        for message in messages:
+            if message.offset >= self.next_offset(message.topic, message.partition):
+                position = (message.topic, message.partition, message.offset)
+                validated[position] = validate_message(message.value, now=now, limits=self.limits)
+        batch.owners = self.recorder.event_id_owners(  # type: ignore[attr-defined]
+            (result.trial_id, result.event_id)
+            for result in validated.values()
+            if not isinstance(result, RejectionError) and result.type != "clock.ticked"
+        )
         for message in messages:
             if message.offset < self.next_offset(message.topic, message.partition):
                 outcome.already_applied += 1
                 continue
             batch.position(message)
             position = (message.topic, message.partition, message.offset)
-            result = validate_message(message.value, now=now, limits=self.limits)
+            result = validated[position]
             if position in poisoned:
                 if not isinstance(result, RejectionError) and self._park(
                     batch, message, result, poisoned[position]
@@ -193,8 +203,9 @@ class SafetyMonitoring(Application[UUID]):
         ]
         outcome.new_domain_events = sum(len(a.pending_events) for a in pending)
         trackings = [kafka_tracking(t, p, o) for (t, p), o in sorted(batch.positions.items())]
+        claims = [(trial, event_id, who) for (trial, event_id), who in batch.claims.items()]
         if pending or trackings:
-            self.save(*pending, **{TRACKINGS: trackings})
+            self.save(*pending, **{TRACKINGS: trackings, EVENT_ID_CLAIMS: claims})
         outcome.commit_seconds = time.perf_counter() - started
         for (topic, partition), offset in batch.positions.items():
             self._positions[(topic, partition)] = offset + 1
@@ -210,6 +221,7 @@ class SafetyMonitoring(Application[UUID]):
         in the ingest ledger as ``processing_error``."""
         if event.type == "clock.ticked" or event.participant_id == TRIAL_LEVEL_PARTICIPANT:
             return False
+        batch.claim(event)  # its id is its participant's: parked, not lost
         try:
             participant = batch.participant(event.trial_id, event.participant_id, event.site_id)
             participant.park(
@@ -253,6 +265,8 @@ class SafetyMonitoring(Application[UUID]):
                     participant = batch.participant(trial_id, participant_id, event.site_id)
                     participant.record(event, message.received_at)
             return True
+        if not batch.claim(event):
+            return False  # another participant's (or the trial's) event id: ignored
         if event.participant_id == TRIAL_LEVEL_PARTICIPANT:
             return batch.get(TrialLog, event.trial_id).record(event, message.received_at)
         roster = batch.get(PartitionRoster, message.topic, message.partition)
@@ -356,6 +370,19 @@ class _Batch:
         self.aggregates: dict[UUID, Aggregate] = {}
         self.positions: dict[tuple[str, int], int] = {}
         self.protocols: dict[str, ProtocolParameters] = {}
+        #: (trial, event id) -> the participant that sent it first (stored or here).
+        self.owners: dict[tuple[str, str], str] = {}
+        self.claims: dict[tuple[str, str], str] = {}
+
+    def claim(self, event: ClinicalEvent) -> bool:
+        """Whether ``event``'s id is its participant's (contract §1: a repeated
+        ``event_id`` is ignored, whatever it carries, even from another participant)."""
+        key = (event.trial_id, event.event_id)
+        owner = self.owners.get(key)
+        if owner is None:
+            self.owners[key] = self.claims[key] = event.participant_id
+            return True
+        return owner == event.participant_id
 
     def position(self, message: InboundMessage) -> None:
         self.positions[(message.topic, message.partition)] = message.offset

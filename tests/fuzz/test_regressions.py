@@ -200,11 +200,6 @@ def test_an_unknown_type_with_a_long_name_gives_a_bounded_message():
 # ---------------------------------------------------------------- known gaps
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="idempotency is per participant record (Participant.seen); contract §1: a "
-    "repeated event_id is ignored, whatever it carries",
-)
 def test_an_event_id_replayed_for_another_participant_is_not_applied():
     first = message("vitals.recorded", {"heart_rate_bpm": 80}, event_id="e1")
     again = message(
