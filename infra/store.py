@@ -35,7 +35,8 @@ from infra.settings import Settings
 
 TRACKINGS = "trackings"
 #: Save keyword: (trial, event id, participant) first sent in this batch; their rows in
-#: ``EVENT_IDS_TABLE`` make a repeated event id a duplicate trial-wide (contract §1).
+#: ``EVENT_IDS_TABLE`` (hashed: ``event_key``, ``sender_key``) make a repeated event id
+#: a duplicate trial-wide (contract §1).
 EVENT_ID_CLAIMS = "event_id_claims"
 EVENT_IDS_TABLE = "toxwatch_event_ids"
 _CHUNK = 400
@@ -157,8 +158,8 @@ class SQLiteBatchRecorder(SQLiteProcessRecorder):
     def construct_create_table_statements(self) -> list[str]:
         statements = super().construct_create_table_statements()
         statements.append(
-            f"CREATE TABLE IF NOT EXISTS {EVENT_IDS_TABLE} (trial_id TEXT, event_id TEXT, "
-            "participant_id TEXT NOT NULL, PRIMARY KEY (trial_id, event_id)) WITHOUT ROWID"
+            f"CREATE TABLE IF NOT EXISTS {EVENT_IDS_TABLE} (event_key TEXT PRIMARY KEY, "
+            "sender_key TEXT NOT NULL) WITHOUT ROWID"
         )
         return statements
 
@@ -168,27 +169,29 @@ class SQLiteBatchRecorder(SQLiteProcessRecorder):
         returning = super()._insert_events(c, stored_events, **kwargs)
         for tracking in kwargs.get(TRACKINGS, ()):
             self._insert_tracking(c, tracking)
-        claims = list(kwargs.get(EVENT_ID_CLAIMS, ()))
+        claims = [_claim_row(*claim) for claim in kwargs.get(EVENT_ID_CLAIMS, ())]
         if claims:
-            c.executemany(f"INSERT INTO {EVENT_IDS_TABLE} VALUES (?, ?, ?)", claims)
+            c.executemany(f"INSERT INTO {EVENT_IDS_TABLE} VALUES (?, ?)", claims)
         return returning
 
-    def event_id_owners(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], str]:
-        """The participant (``-``: the trial) that first sent each (trial, event id)."""
-        owners: dict[tuple[str, str], str] = {}
-        wanted = sorted(set(keys))
+    def event_id_senders(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], str]:
+        """For each (trial, event id) already stored, the key of its first sender
+        (``sender_key``)."""
+        by_hash = {event_key(*key): key for key in set(keys)}
+        found: dict[tuple[str, str], str] = {}
+        wanted = sorted(by_hash)
         with self.datastore.transaction(commit=False) as c:
             for start in range(0, len(wanted), _CHUNK):
                 chunk = wanted[start : start + _CHUNK]
-                where = " OR ".join(["(trial_id = ? AND event_id = ?)"] * len(chunk))
+                marks = ", ".join("?" * len(chunk))
                 c.execute(
-                    f"SELECT trial_id, event_id, participant_id FROM {EVENT_IDS_TABLE} "
-                    f"WHERE {where}",
-                    [value for key in chunk for value in key],
+                    f"SELECT event_key, sender_key FROM {EVENT_IDS_TABLE} "
+                    f"WHERE event_key IN ({marks})",
+                    chunk,
                 )
-                for trial_id, event_id, participant_id in c.fetchall():
-                    owners[(trial_id, event_id)] = participant_id
-        return owners
+                for hashed, sender in c.fetchall():
+                    found[by_hash[hashed]] = sender
+        return found
 
 
 class PostgresBatchRecorder(PostgresProcessRecorder):
@@ -200,8 +203,8 @@ class PostgresBatchRecorder(PostgresProcessRecorder):
         self._event_ids = sql.Identifier(self.datastore.schema, EVENT_IDS_TABLE)
         self.sql_create_statements.append(
             sql.SQL(
-                "CREATE TABLE IF NOT EXISTS {} (trial_id text, event_id text, "
-                "participant_id text NOT NULL, PRIMARY KEY (trial_id, event_id))"
+                "CREATE TABLE IF NOT EXISTS {} (event_key text PRIMARY KEY, "
+                "sender_key text NOT NULL)"
             ).format(self._event_ids)
         )
 
@@ -210,31 +213,49 @@ class PostgresBatchRecorder(PostgresProcessRecorder):
     ) -> None:
         for tracking in kwargs.get(TRACKINGS, ()):
             self._insert_tracking(curs, tracking=tracking)
-        claims = list(kwargs.get(EVENT_ID_CLAIMS, ()))
+        claims = [_claim_row(*claim) for claim in kwargs.get(EVENT_ID_CLAIMS, ())]
         if claims:
             curs.executemany(
-                sql.SQL("INSERT INTO {} VALUES (%s, %s, %s)").format(self._event_ids), claims
+                sql.SQL("INSERT INTO {} VALUES (%s, %s)").format(self._event_ids), claims
             )
         super()._insert_events(curs, stored_events, **kwargs)
 
-    def event_id_owners(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], str]:
-        """The participant (``-``: the trial) that first sent each (trial, event id)."""
-        owners: dict[tuple[str, str], str] = {}
-        wanted = sorted(set(keys))
+    def event_id_senders(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], str]:
+        """For each (trial, event id) already stored, the key of its first sender
+        (``sender_key``)."""
+        by_hash = {event_key(*key): key for key in set(keys)}
+        found: dict[tuple[str, str], str] = {}
+        wanted = sorted(by_hash)
         with self.datastore.transaction(commit=False) as curs:
             for start in range(0, len(wanted), _CHUNK):
-                chunk = wanted[start : start + _CHUNK]
                 curs.execute(
                     sql.SQL(
-                        "SELECT trial_id, event_id, participant_id FROM {} "
-                        "WHERE (trial_id, event_id) IN (SELECT * FROM unnest(%s::text[], "
-                        "%s::text[]))"
+                        "SELECT event_key, sender_key FROM {} WHERE event_key = ANY(%s)"
                     ).format(self._event_ids),
-                    ([k[0] for k in chunk], [k[1] for k in chunk]),
+                    (wanted[start : start + _CHUNK],),
                 )
                 for row in curs.fetchall():
-                    owners[(row["trial_id"], row["event_id"])] = row["participant_id"]
-        return owners
+                    found[by_hash[row["event_key"]]] = row["sender_key"]
+        return found
+
+
+def event_key(trial_id: str, event_id: str) -> str:
+    """The stored form of a (trial, event id): a hash, so that the index holds no
+    identifier in plain text (an encrypted store keeps none)."""
+    return _digest(b"toxwatch-event-id", trial_id, event_id)
+
+
+def sender_key(trial_id: str, participant_id: str) -> str:
+    """The stored form of who sent an event id (the participant, or ``-``)."""
+    return _digest(b"toxwatch-event-sender", trial_id, participant_id)
+
+
+def _digest(domain: bytes, *parts: str) -> str:
+    return hashlib.sha256(domain + b"".join(b"\x00" + p.encode() for p in parts)).hexdigest()
+
+
+def _claim_row(trial_id: str, event_id: str, participant_id: str) -> tuple[str, str]:
+    return event_key(trial_id, event_id), sender_key(trial_id, participant_id)
 
 
 def partition_tracking_name(topic: str, partition: int) -> str:

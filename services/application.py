@@ -30,7 +30,13 @@ from domain.protocol import ProtocolParameters
 from domain.records import IngestLedger, PartitionRoster, TrialClock, TrialLog
 from domain.trial import Trial
 from domain.validation import ValidationLimits, validate_message
-from infra.store import EVENT_ID_CLAIMS, TRACKINGS, kafka_tracking, partition_tracking_name
+from infra.store import (
+    EVENT_ID_CLAIMS,
+    TRACKINGS,
+    kafka_tracking,
+    partition_tracking_name,
+    sender_key,
+)
 from projections.alerts import Alert
 
 log = logging.getLogger(__name__)
@@ -151,7 +157,7 @@ class SafetyMonitoring(Application[UUID]):
             if message.offset >= self.next_offset(message.topic, message.partition):
                 position = (message.topic, message.partition, message.offset)
                 validated[position] = validate_message(message.value, now=now, limits=self.limits)
-        batch.owners = self.recorder.event_id_owners(  # type: ignore[attr-defined]
+        batch.senders = self.recorder.event_id_senders(  # type: ignore[attr-defined]
             (result.trial_id, result.event_id)
             for result in validated.values()
             if not isinstance(result, RejectionError) and result.type != "clock.ticked"
@@ -370,19 +376,21 @@ class _Batch:
         self.aggregates: dict[UUID, Aggregate] = {}
         self.positions: dict[tuple[str, int], int] = {}
         self.protocols: dict[str, ProtocolParameters] = {}
-        #: (trial, event id) -> the participant that sent it first (stored or here).
-        self.owners: dict[tuple[str, str], str] = {}
+        #: (trial, event id) -> ``sender_key`` of who sent it first (stored or here).
+        self.senders: dict[tuple[str, str], str] = {}
         self.claims: dict[tuple[str, str], str] = {}
 
     def claim(self, event: ClinicalEvent) -> bool:
         """Whether ``event``'s id is its participant's (contract §1: a repeated
         ``event_id`` is ignored, whatever it carries, even from another participant)."""
         key = (event.trial_id, event.event_id)
-        owner = self.owners.get(key)
-        if owner is None:
-            self.owners[key] = self.claims[key] = event.participant_id
+        sender = sender_key(event.trial_id, event.participant_id)
+        first = self.senders.get(key)
+        if first is None:
+            self.senders[key] = sender
+            self.claims[key] = event.participant_id
             return True
-        return owner == event.participant_id
+        return first == sender
 
     def position(self, message: InboundMessage) -> None:
         self.positions[(message.topic, message.partition)] = message.offset
