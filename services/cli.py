@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 import typer
 
 from infra.settings import Settings
+from services.faults import faults_app
 from services.fuzz import fuzz_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -30,6 +31,7 @@ dashboard_app = typer.Typer(no_args_is_help=True, help="The built-in HTML dashbo
 app.add_typer(dashboard_app, name="dashboard")
 app.add_typer(token_app, name="token")
 app.add_typer(fuzz_app, name="fuzz")
+app.add_typer(faults_app, name="faults")
 
 
 def _settings() -> Settings:

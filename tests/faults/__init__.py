@@ -1,0 +1,1 @@
+"""Fault injection against the running pipeline (``services/faults.py``)."""

@@ -1,0 +1,135 @@
+"""What a Kafka producer could not deliver must be reported and retried, never passed
+over (issue 8): the relay and the Kafka alert channel against producers that fail the
+way kafka-python's idempotent producer fails after the embedded broker restarts
+(in-memory: it forgets the producer id, and ``InitProducerId`` then fails fatally).
+
+Both found by ``toxwatch faults run --kinds broker``; see tests/faults/README.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from typing import Any
+
+import pytest
+from kafka.errors import KafkaError
+
+from domain.contract import SafetyEvent
+from infra.channels import DeliveryFailed, KafkaChannel
+from infra.settings import Settings
+from services.offline import in_memory_application, process_lines
+from services.relay import RELAY_NAME, Relay
+from services.simulator import CohortSpec, simulate_cohort
+
+FATAL = "KafkaError: Unexpected error in InitProducerIdResponse: [Error -1] UnknownError"
+
+
+class _Metadata:
+    partition = 0
+    offset = 0
+
+
+class _Future:
+    """The part of kafka-python's ``FutureRecordMetadata`` a caller may use."""
+
+    def __init__(self, error: Exception | None) -> None:
+        self.exception = error
+        self.value = None if error else _Metadata()
+
+    def is_done(self) -> bool:
+        return True
+
+    def succeeded(self) -> bool:
+        return self.exception is None
+
+    def failed(self) -> bool:
+        return self.exception is not None
+
+    def get(self, timeout: float | None = None) -> Any:
+        if self.exception is not None:
+            raise self.exception
+        return self.value
+
+    def add_callback(self, fn: Any, *args: Any, **kwargs: Any) -> _Future:
+        if self.exception is None:
+            fn(*args, self.value, **kwargs)
+        return self
+
+    def add_errback(self, fn: Any, *args: Any, **kwargs: Any) -> _Future:
+        if self.exception is not None:
+            fn(*args, self.exception, **kwargs)
+        return self
+
+    def add_both(self, fn: Any, *args: Any, **kwargs: Any) -> _Future:
+        self.add_callback(fn, *args, **kwargs)
+        return self.add_errback(fn, *args, **kwargs)
+
+
+class _Producer:
+    """Accepts every send; each future fails (``fatal``) or succeeds."""
+
+    def __init__(self, *, fatal: bool) -> None:
+        self.fatal = fatal
+        self.sent = 0
+        self.closed = False
+
+    def send(self, topic: str, **kwargs: Any) -> _Future:
+        self.sent += 1
+        return _Future(KafkaError(FATAL) if self.fatal else None)
+
+    def flush(self, timeout: float | None = None) -> None:
+        return None  # kafka-python's flush does not raise for failed records
+
+    def close(self, timeout: float | None = None) -> None:
+        self.closed = True
+
+
+def _application_with_derived_events() -> Any:
+    app = in_memory_application()
+    messages = simulate_cohort(CohortSpec(participants=2, follow_up_days=10, malformed=False))
+    out = io.StringIO()
+    process_lines((m.value for m in messages), out, app=app)
+    assert out.getvalue(), "the cohort should derive events"
+    return app, [json.loads(line) for line in out.getvalue().splitlines()]
+
+
+def test_relay_does_not_move_past_events_its_producer_failed_to_deliver() -> None:
+    app, _ = _application_with_derived_events()
+    try:
+        producer = _Producer(fatal=True)
+        relay = Relay(app, producer, Settings())
+        with contextlib.suppress(Exception):  # raising is one right answer
+            relay.run_once()
+        assert producer.sent > 0
+        assert (app.tracked(RELAY_NAME) or 0) == 0, (
+            "the relay recorded a position past events that never reached Kafka"
+        )
+    finally:
+        app.close()
+
+
+def test_kafka_alert_channel_replaces_a_producer_that_failed_fatally(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    app, events = _application_with_derived_events()
+    app.close()
+    alert = SafetyEvent.model_validate(next(e for e in events if e["type"] == "alert.raised"))
+    producers = [_Producer(fatal=True), _Producer(fatal=False)]
+    made: list[_Producer] = []
+
+    def reliable_producer(*args: Any, **kwargs: Any) -> _Producer:
+        made.append(producers.pop(0) if producers else _Producer(fatal=False))
+        return made[-1]
+
+    monkeypatch.setattr("infra.kafka.reliable_producer", reliable_producer)
+    channel = KafkaChannel("127.0.0.1:9", "alerts", timeout_s=1)
+    with pytest.raises(DeliveryFailed):
+        channel.send(alert)
+    try:
+        receipt = channel.send(alert)  # the dispatcher's retry
+    except DeliveryFailed as failure:
+        pytest.fail(f"the retry reused the failed producer: {failure}")
+    assert receipt.idempotency_key == alert.event_id
+    assert len(made) == 2 and made[0].closed
