@@ -147,6 +147,7 @@ class KafkaChannel:
             future = self._ensure_producer().send(self.topic, key=key, value=wire_bytes(alert))
             metadata = future.get(timeout=self.timeout_s)
         except KafkaError as error:
+            self._discard_producer()  # a producer can be stuck for good (broker restart)
             raise DeliveryFailed(
                 f"Kafka: {type(error).__name__}: {error}", retryable=True
             ) from error
@@ -156,6 +157,16 @@ class KafkaChannel:
             alert.event_id,
             f"partition {metadata.partition} offset {metadata.offset}",
         )
+
+    def _discard_producer(self) -> None:
+        """Drop a producer this channel made, so the next attempt makes a new one."""
+        if not self._owns_producer:
+            return
+        with self._lock:
+            producer, self._producer = self._producer, None
+        if producer is not None:
+            with suppress(Exception):
+                producer.close(timeout=1)
 
     def close(self) -> None:
         with self._lock:

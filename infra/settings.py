@@ -51,6 +51,7 @@ class Settings(BaseSettings):
     aggregate_cache_size: int = 10_000
     relay_batch: int = 500
     relay_poll_seconds: float = 0.2
+    relay_send_timeout_s: float = 30.0
 
     metrics_port: int = 0
     metrics_host: str = "127.0.0.1"

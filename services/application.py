@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sqlite3
 import time
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
@@ -19,9 +20,10 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
 from uuid import UUID
 
+import psycopg
 from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.domain import Aggregate
-from eventsourcing.persistence import IntegrityError, Notification, Tracking
+from eventsourcing.persistence import IntegrityError, Notification, PersistenceError, Tracking
 
 from domain.contract import TRIAL_LEVEL_PARTICIPANT, ClinicalEvent, RejectionError, SafetyEvent
 from domain.errors import NotFound
@@ -53,6 +55,14 @@ REJECTION_TOPIC = (
     f"{IngestLedger.MessageRejected.__module__}:{IngestLedger.MessageRejected.__qualname__}"
 )
 MAX_ATTEMPTS = 5
+#: Failures of the store itself (a lost connection, a full or read-only disk): never
+#: a reason to reject or park a message; the batch fails whole and is applied again.
+STORE_ERRORS: tuple[type[BaseException], ...] = (
+    PersistenceError,
+    psycopg.Error,
+    sqlite3.Error,
+    OSError,
+)
 
 
 @dataclass(frozen=True)
@@ -185,6 +195,8 @@ class SafetyMonitoring(Application[UUID]):
                 continue
             try:
                 applied = self._apply_event(batch, message, result)
+            except STORE_ERRORS:
+                raise  # the store, not the message: the whole batch is retried
             except Exception as error:
                 # The position and type only: an event id can name a participant.
                 log.exception(
@@ -236,6 +248,8 @@ class SafetyMonitoring(Application[UUID]):
                 reason=reason,
                 position=f"{message.topic}#{message.partition}@{message.offset}",
             )
+        except STORE_ERRORS:
+            raise
         except Exception:
             log.exception(
                 "parking at %s#%d@%d failed", message.topic, message.partition, message.offset

@@ -15,6 +15,7 @@ import json
 import logging
 import threading
 from collections.abc import Sequence
+from typing import Any
 
 from eventsourcing.persistence import Notification
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -60,15 +61,20 @@ class Relay:
         )
         if not notifications:
             return 0
-        self._publish(notifications)
+        sent = self._publish(notifications)
         self.producer.flush()
+        for future in sent:
+            # flush() does not raise for a record the broker refused: each send's
+            # result does, and the position is then not recorded (sent again).
+            future.get(timeout=self.settings.relay_send_timeout_s)
         self.position = notifications[-1].id
         self.app.record_tracking(RELAY_NAME, self.position)
         self.metrics.relay_position.set(self.position)
         return len(notifications)
 
-    def _publish(self, notifications: Sequence[Notification]) -> None:
+    def _publish(self, notifications: Sequence[Notification]) -> list[Any]:
         mapper = self.app.mapper
+        sent: list[Any] = []
         for notification in notifications:
             event = mapper.to_domain_event(notification)
             headers = [(POSITION_HEADER, str(notification.id).encode())]
@@ -76,7 +82,7 @@ class Relay:
                 safety = event.to_contract()
                 topic = self.settings.safety_topic
                 value = json.dumps(safety.to_wire(), separators=(",", ":")).encode()
-                self.producer.send(
+                future = self.producer.send(
                     topic, key=safety.participant_id.encode(), value=value, headers=headers
                 )
             elif isinstance(event, IngestLedger.MessageRejected):
@@ -85,7 +91,7 @@ class Relay:
                     ("error", json.dumps(event.error).encode()),
                     ("source", f"{event.topic}:{event.partition}:{event.offset}".encode()),
                 ]
-                self.producer.send(
+                future = self.producer.send(
                     topic,
                     key=_decode(event.key_b64),
                     value=_decode(event.value_b64),
@@ -93,7 +99,9 @@ class Relay:
                 )
             else:
                 continue
+            sent.append(future)
             self.metrics.relayed.labels(topic).inc()
+        return sent
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
@@ -19,9 +20,12 @@ from faust.types import TP
 
 from infra.metrics import Metrics
 from infra.settings import Settings
-from services.application import BatchOutcome, InboundMessage, SafetyMonitoring
+from services.application import STORE_ERRORS, BatchOutcome, InboundMessage, SafetyMonitoring
 
 log = logging.getLogger(__name__)
+MAX_STORE_BACKOFF_S = 5.0
+#: Tries of a batch the store refuses before the process exits (about 10 s).
+STORE_ATTEMPTS = 6
 
 
 def record_outcome(metrics: Metrics, outcome: BatchOutcome, size: int) -> None:
@@ -92,6 +96,8 @@ def create_faust_app(
         broker_commit_interval=0.5,
         consumer_max_fetch_size=4 * 1024 * 1024,
         stream_buffer_maxsize=4 * settings.batch_max_messages,
+        # A batch whose agent raised must not count as processed (nor its offsets).
+        stream_ack_exceptions=False,
     )
     app.transport = _transport(app, settings.fetch_max_wait_ms)
     topic = app.topic(
@@ -122,7 +128,7 @@ def create_faust_app(
                 )
                 for e in events
             ]
-            outcome = await loop.run_in_executor(executor, _apply, application, messages)
+            outcome = await _apply_until_stored(loop, executor, application, messages)
             record_outcome(metrics, outcome, len(messages))
             _record_lag(app, metrics, messages)
             if outcome.rejected:
@@ -151,6 +157,52 @@ def _record_lag(app: faust.App, metrics: Metrics, messages: list[InboundMessage]
 
 def _apply(application: SafetyMonitoring, messages: list[InboundMessage]) -> BatchOutcome:
     return application.apply_batch(messages, now=datetime.now(UTC))
+
+
+async def _apply_until_stored(
+    loop: asyncio.AbstractEventLoop,
+    executor: ThreadPoolExecutor,
+    application: SafetyMonitoring,
+    messages: list[InboundMessage],
+) -> BatchOutcome:
+    """Apply a batch until the store takes it: a store failure (lost connection, full
+    or read-only disk) is waited out with backoff and never skipped (faust would
+    commit the batch's offsets once the agent moved on); if it lasts, and on any other
+    failure (a defect this process cannot contain), the process exits without
+    committing, and its successor (restarted by its supervisor) resumes from the
+    store's positions."""
+    delay = 0.2
+    for attempt in range(1, STORE_ATTEMPTS + 1):
+        try:
+            return await loop.run_in_executor(executor, _apply, application, messages)
+        except STORE_ERRORS as error:
+            first = messages[0]
+            if attempt == STORE_ATTEMPTS:
+                # A connection can stay broken after the store recovers (SQLite after a
+                # failed write): a fresh process reconnects and resumes from the store.
+                log.critical(
+                    "the store refused a batch %d times (%s): exiting to reconnect",
+                    attempt,
+                    type(error).__name__,
+                )
+                logging.shutdown()
+                os._exit(75)
+            log.error(
+                "the store refused a batch of %d from %s#%d@%d (%s); retrying in %.1f s",
+                len(messages),
+                first.topic,
+                first.partition,
+                first.offset,
+                type(error).__name__,
+                delay,
+            )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, MAX_STORE_BACKOFF_S)
+        except Exception:
+            log.critical("applying a batch failed unexpectedly: exiting", exc_info=True)
+            logging.shutdown()
+            os._exit(70)
+    raise AssertionError("unreachable")
 
 
 def run_worker(
