@@ -1156,12 +1156,15 @@ class _Expected:
 class IngestModel:
     """What the contract says each message must come to: rejected with
     ``validate_message``'s code, skipped at or below the tracked offset, ignored when
-    its record already holds its ``event_id``, else accepted (a tick always)."""
+    its ``event_id`` was sent before in its trial (by anyone: contract §1), a tick
+    when its id was delivered on its partition that UTC day, else accepted."""
 
     def __init__(self, limits: ValidationLimits) -> None:
         self.limits = limits
         self.records: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
         self.trial_logs: dict[str, set[str]] = {}
+        self.senders: dict[tuple[str, str], str] = {}
+        self.ticks: set[tuple[str, int, str, str]] = set()
         self.next_offset: dict[int, int] = {}
 
     def expect(
@@ -1182,7 +1185,9 @@ class IngestModel:
                 continue
             if not _is_strict_json(result.to_wire()):
                 expected.not_strict_json.add(position)
-            if self._apply(result.type, result.trial_id, result.participant_id, result):
+            if self._apply(
+                result.type, result.trial_id, result.participant_id, result, message.partition
+            ):
                 expected.accepted_by_type[result.type] += 1
                 expected.accepted_offsets.add(position)
             else:
@@ -1193,9 +1198,19 @@ class IngestModel:
             self.next_offset[message.partition] = max(current, message.offset + 1)
         return expected
 
-    def _apply(self, type_: str, trial_id: str, participant_id: str, event: Any) -> bool:
+    def _apply(
+        self, type_: str, trial_id: str, participant_id: str, event: Any, partition: int
+    ) -> bool:
         if type_ == "clock.ticked":
+            day = event.occurred_at.astimezone(UTC).date().isoformat()
+            tick = (trial_id, partition, day, event.event_id)
+            if tick in self.ticks:
+                return False
+            self.ticks.add(tick)
             return True
+        sender = self.senders.setdefault((trial_id, event.event_id), participant_id)
+        if sender != participant_id:
+            return False
         if participant_id == TRIAL_LEVEL_PARTICIPANT:
             seen = self.trial_logs.setdefault(trial_id, set())
             if event.event_id in seen:
