@@ -45,7 +45,7 @@ from datetime import datetime, timedelta
 from typing import Final, Literal
 
 from domain.contract import AdjudicationRecorded, AdverseEventReported
-from domain.timeline import AdjudicationQuestion, TimelineEntry
+from domain.timeline import AdjudicationQuestion, TimelineEntry, arrived
 
 #: How far before a reported onset the engine's grades still count as the same AE.
 MATCH_SLACK: Final = timedelta(hours=24)
@@ -151,7 +151,7 @@ class ReportedAE:
 def reported_aes(timeline: Iterable[TimelineEntry]) -> list[ReportedAE]:
     """The participant's reported AEs, by ``ae_id`` in order of first report."""
     versions: dict[str, list[TimelineEntry]] = {}
-    for entry in timeline:
+    for entry in arrived(timeline, ("adverse_event.reported",)):
         if isinstance(entry.data, AdverseEventReported):
             versions.setdefault(entry.data.ae_id, []).append(entry)
     return [ReportedAE(ae_id, tuple(v)) for ae_id, v in versions.items()]
@@ -226,7 +226,7 @@ def episode_decisions(
     question for a decision whose target is not an episode number."""
     decisions: dict[int, EpisodeDecision] = {}
     questions = []
-    for entry in timeline:
+    for entry in arrived(timeline, ("adjudication.recorded",)):
         data = entry.data
         if not isinstance(data, AdjudicationRecorded) or data.target.kind != kind:
             continue
@@ -289,7 +289,7 @@ def event_attributions(timeline: Iterable[TimelineEntry]) -> dict[str, str]:
     """``attributed_to`` stated by the latest adjudication of each clinical event
     (target kind ``event``), by the event's id."""
     stated: dict[str, str] = {}
-    for entry in timeline:
+    for entry in arrived(timeline, ("adjudication.recorded",)):
         data = entry.data
         if (
             isinstance(data, AdjudicationRecorded)
@@ -304,6 +304,6 @@ def event_decisions(timeline: Iterable[TimelineEntry]) -> dict[str, str]:
     """The latest decision (``confirm``/``reject``/``regrade``) on each clinical event."""
     return {
         e.data.target.id: e.data.decision
-        for e in timeline
+        for e in arrived(timeline, ("adjudication.recorded",))
         if isinstance(e.data, AdjudicationRecorded) and e.data.target.kind == "event"
     }

@@ -36,7 +36,7 @@ from domain.contract import (
     VitalsRecorded,
 )
 from domain.protocol import CRSParameters
-from domain.timeline import AdjudicationQuestion, TimelineEntry
+from domain.timeline import AdjudicationQuestion, TimelineEntry, chronological
 
 Hypotension = Literal["none", "fluids_only", "single_vasopressor", "multiple_vasopressors"]
 Hypoxia = Literal["none", "low_flow", "high_flow", "positive_pressure"]
@@ -608,7 +608,7 @@ def derive_crs(
     period has lasted long enough to resolve an episode.
     """
     schedule: ParameterSchedule = [(None, params)] if isinstance(params, CRSParameters) else params
-    entries = sorted((e for e in timeline if e.type in CRS_INPUT_TYPES), key=lambda e: e.order)
+    entries = chronological(timeline, CRS_INPUT_TYPES)
     sweep = _Sweep(schedule, infusion_at, as_of)
     sweep.concurrency = _concurrent_periods(_vasopressor_runs(entries))
     for period in sweep.concurrency:

@@ -43,12 +43,12 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
-from functools import cache
+from functools import cache, lru_cache
 from importlib.resources import files
 from typing import Any, Final, Literal, TypeAlias
 
 from domain.contract import LabResulted, VitalsRecorded
-from domain.timeline import TimelineEntry
+from domain.timeline import TimelineEntry, chronological
 from domain.units import convert
 
 CTCAEVersion = Literal["5.0", "6.0"]
@@ -503,6 +503,30 @@ def grade_lab(
     ``reference_low``/``reference_high`` are the lab's range, in ``unit``; ``baseline``
     is the participant's baseline result of the same analyte (any fitting unit).
     """
+    return _graded_lab(
+        analyte,
+        value,
+        unit,
+        reference_low=reference_low,
+        reference_high=reference_high,
+        baseline=baseline,
+        version=version,
+    )
+
+
+#: A participant's results are graded again each time its rules run: the grade of a
+#: result is a pure function of it (results are immutable, corrections are new ones).
+@lru_cache(maxsize=1 << 16, typed=True)
+def _graded_lab(
+    analyte: str,
+    value: float,
+    unit: str,
+    *,
+    reference_low: float | None = None,
+    reference_high: float | None = None,
+    baseline: Baseline | None = None,
+    version: CTCAEVersion,
+) -> CTCAEGrade | None:
     term = TERMS[version].get(analyte)
     if term is None:
         return None
@@ -610,7 +634,8 @@ def lab_baselines(
     if lymphodepletion_at is None:
         return {}
     baselines: dict[str, Baseline] = {}
-    for entry in sorted(timeline, key=lambda e: e.order):
+    # Only results: the first entry of any type at lymphodepletion ends the same way.
+    for entry in chronological(timeline, ("lab.resulted",)):
         if entry.at >= lymphodepletion_at:
             break
         if isinstance(entry.data, LabResulted):
@@ -631,7 +656,7 @@ def derive_toxicities(
     A result that cannot be graded leaves the term's grade as it was. Fever grade 4
     counts the hours since the first of the consecutive readings above 40.0 C.
     """
-    entries = sorted((e for e in timeline if e.type in CTCAE_INPUT_TYPES), key=lambda e: e.order)
+    entries = chronological(timeline, CTCAE_INPUT_TYPES)
     baselines = lab_baselines(entries, lymphodepletion_at)
     grades: dict[str, int] = {}
     changes: list[ToxicityChange] = []

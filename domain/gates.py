@@ -50,7 +50,7 @@ from domain.contract import (
     VitalsRecorded,
 )
 from domain.protocol import PreInfusionParameters
-from domain.timeline import AdjudicationQuestion, TimelineEntry
+from domain.timeline import AdjudicationQuestion, TimelineEntry, chronological
 
 DeviationRule = Literal[
     "infusion_within_48h_of_fever",
@@ -61,6 +61,16 @@ DeviationRule = Literal[
 FEVER_C: Final = 38.0
 
 Comparison = Literal[">", ">=", "<", "<=", "=="]
+#: What the pre-infusion checks read.
+_PRE_INFUSION_TYPES: Final = frozenset(
+    {
+        "participant.enrolled",
+        "eligibility.confirmed",
+        "lymphodepletion.administered",
+        "infusion.administered",
+        "vitals.recorded",
+    }
+)
 _COMPARE: Final[dict[str, Callable[[float, float], bool]]] = {
     ">": operator.gt,
     ">=": operator.ge,
@@ -133,7 +143,7 @@ def check_pre_infusion(
     eligibility_rules: Sequence[EligibilityRule] = DEFAULT_ELIGIBILITY_RULES,
 ) -> PreInfusionCheck:
     """Deviations of the infusion and of enrolment eligibility, and open questions."""
-    entries = sorted(timeline, key=lambda e: e.order)
+    entries = chronological(timeline, _PRE_INFUSION_TYPES)
     infusions = [e for e in entries if isinstance(e.data, InfusionAdministered)]
     deviations: list[Deviation] = []
     if infusions:

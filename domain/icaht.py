@@ -43,7 +43,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from domain.contract import LabResulted
-from domain.timeline import TimelineEntry, study_day
+from domain.timeline import TimelineEntry, arrived, study_day
 
 Phase = Literal["early", "late"]
 
@@ -221,7 +221,7 @@ def _anc_readings(
         _Reading(
             entry.event_id, entry.at, entry.seq, calendar.offset(entry.at), anc_10e9_l(entry.data)
         )
-        for entry in timeline
+        for entry in arrived(timeline, ("lab.resulted",))
         if entry.type == "lab.resulted"
         and isinstance(entry.data, LabResulted)
         and entry.data.analyte == "anc"

@@ -76,7 +76,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from domain.contract import DeathReported, MedicationAdministered, NeuroAssessed
-from domain.timeline import AdjudicationQuestion, TimelineEntry
+from domain.timeline import AdjudicationQuestion, TimelineEntry, chronological
 
 Consciousness = Literal["awake", "awakens_to_voice", "awakens_to_tactile", "unarousable"]
 Seizure = Literal[
@@ -687,7 +687,7 @@ def derive_icans(
     clinical time has advanced: it decides whether a quiet period has lasted long
     enough to resolve an episode.
     """
-    entries = sorted((e for e in timeline if e.type in ICANS_INPUT_TYPES), key=lambda e: e.order)
+    entries = chronological(timeline, ICANS_INPUT_TYPES)
     sweep = _Sweep(params, infusion_at, as_of)
     index = 0
     while index < len(entries):

@@ -53,7 +53,13 @@ from domain.contract import (
     parse_recorded,
 )
 from domain.crs import CRS_INPUT_TYPES, CRSDerivation, CRSEpisode, derive_crs
-from domain.ctcae import FEVER_TERM, CTCAEVersion, derive_toxicities, lab_baselines
+from domain.ctcae import (
+    CTCAE_INPUT_TYPES,
+    FEVER_TERM,
+    CTCAEVersion,
+    derive_toxicities,
+    lab_baselines,
+)
 from domain.ctcae import TERMS as CTCAE_TERMS
 from domain.dlt import (
     Category,
@@ -80,7 +86,15 @@ from domain.sae import (
     sae_reminders,
 )
 from domain.screens import FEVER_C, FN_TERM, FNEpisode, febrile_neutropenia, iechs_screen
-from domain.timeline import AdjudicationQuestion, TimelineEntry
+from domain.timeline import (
+    AdjudicationQuestion,
+    Chronological,
+    Timeline,
+    TimelineEntry,
+    arrived,
+    chronological,
+    grouped,
+)
 
 NAMESPACE = uuid5(NAMESPACE_URL, "https://toxwatch.example/ns")
 T = TypeVar("T")
@@ -187,6 +201,10 @@ def _input_kinds(entry: TimelineEntry) -> list[str]:
     if subject is None:
         return [entry.type]
     return [entry.type, f"subject:{subject}", "subject:*"]
+
+
+def _entry_subject(entry: TimelineEntry) -> str | None:
+    return _ctcae_subject(entry.data)
 
 
 def _ctcae_subject(entry_data: BaseModel) -> str | None:
@@ -410,7 +428,7 @@ class Participant(Aggregate):
         self.entries: list[TimelineEntry] = []
         #: The latest clinical time of each kind of input (see ``_input_kinds``).
         self.latest_inputs: dict[str, datetime] = {}
-        self._effective: tuple[list[TimelineEntry], list[AdjudicationQuestion]] | None = None
+        self._effective: tuple[Timeline, list[AdjudicationQuestion]] | None = None
         self.seen: set[str] = set()
         self.corrections: dict[str, RecordCorrected] = {}
         self.voided: set[str] = set()
@@ -565,7 +583,7 @@ class Participant(Aggregate):
         elif self._effective is not None:
             self._effective[0].append(entry)
 
-    def effective_timeline(self) -> tuple[list[TimelineEntry], list[AdjudicationQuestion]]:
+    def effective_timeline(self) -> tuple[Timeline, list[AdjudicationQuestion]]:
         """The timeline with corrections and voids applied, and questions about
         corrections that cannot be applied (kept up to date as entries arrive; read
         only)."""
@@ -575,8 +593,8 @@ class Participant(Aggregate):
 
     def _build_effective_timeline(
         self,
-    ) -> tuple[list[TimelineEntry], list[AdjudicationQuestion]]:
-        timeline: list[TimelineEntry] = []
+    ) -> tuple[Timeline, list[AdjudicationQuestion]]:
+        timeline = Timeline()
         questions: list[AdjudicationQuestion] = []
         by_id = {entry.event_id: entry for entry in self.entries}
         for target_id in sorted(set(self.corrections) | self.voided):
@@ -618,10 +636,10 @@ class Participant(Aggregate):
         return timeline, questions
 
     @staticmethod
-    def dose_level_in(timeline: list[TimelineEntry]) -> str | None:
+    def dose_level_in(timeline: Sequence[TimelineEntry]) -> str | None:
         """The dose level given at infusion, else the one assigned at enrolment."""
         dose_level = None
-        for entry in timeline:
+        for entry in arrived(timeline, ("infusion.administered", "participant.enrolled")):
             if isinstance(entry.data, InfusionAdministered | ParticipantEnrolled):
                 dose_level = entry.data.dose_level
         return dose_level
@@ -642,7 +660,7 @@ class Participant(Aggregate):
         def known_until(*kinds: str) -> datetime | None:
             return max((latest[k] for k in kinds if k in latest), default=None)
 
-        infusion = next((e for e in timeline if e.type == "infusion.administered"), None)
+        infusion = next(iter(arrived(timeline, ("infusion.administered",))), None)
         infusion_at = infusion.at if infusion is not None else None
         as_of = self.horizon or cause.occurred_at
         parameters = self.parameters
@@ -716,7 +734,7 @@ class Participant(Aggregate):
 
     def _derive_crs(
         self,
-        timeline: list[TimelineEntry],
+        timeline: Sequence[TimelineEntry],
         context: _Context,
         infusion_at: datetime | None,
         as_of: datetime,
@@ -744,7 +762,7 @@ class Participant(Aggregate):
 
     def _derive_ctcae(
         self,
-        timeline: list[TimelineEntry],
+        timeline: Sequence[TimelineEntry],
         context: _Context,
         known_until: datetime | None,
         subject: str | None,
@@ -754,10 +772,16 @@ class Participant(Aggregate):
         # Treatment starts with lymphodepletion (or, if none is recorded, the infusion):
         # results before it are baseline, not toxicity (reference §3 [parameter]).
         start = next(
-            (e.at for e in timeline if e.type == "lymphodepletion.administered"),
+            (e.at for e in arrived(timeline, ("lymphodepletion.administered",))),
             context.infusion_at,
         )
-        entries = [e for e in timeline if (s := _ctcae_subject(e.data)) and subject in (None, s)]
+        if subject is None:
+            entries = Chronological(
+                e for e in chronological(timeline, CTCAE_INPUT_TYPES) if _entry_subject(e)
+            )
+        else:
+            by_subject = grouped(timeline, CTCAE_INPUT_TYPES, _entry_subject)
+            entries = by_subject.get(subject, Chronological())
         deaths = self._death_grades(timeline).grades
         versions = [
             (owns, self._ctcae_points(entries, version, start, deaths, context))
@@ -783,7 +807,7 @@ class Participant(Aggregate):
 
     def _ctcae_points(
         self,
-        entries: list[TimelineEntry],
+        entries: Sequence[TimelineEntry],
         version: CTCAEVersion,
         start: datetime | None,
         deaths: Sequence[DeathGrade],
@@ -815,11 +839,11 @@ class Participant(Aggregate):
         return by_term
 
     def _death_grades(
-        self, timeline: list[TimelineEntry], own: dict[str, list[ReportedAE]] | None = None
+        self, timeline: Sequence[TimelineEntry], own: dict[str, list[ReportedAE]] | None = None
     ) -> DeathGrading:
         """Grade 5 of the graded term each ``death.reported`` names (CTCAE, ASTCT);
         ``own``: the investigator terms, if the caller has them."""
-        deaths = [e for e in timeline if isinstance(e.data, DeathReported)]
+        deaths = arrived(timeline, ("death.reported",))
         if not deaths:
             return DeathGrading((), ())
         if own is None:
@@ -828,7 +852,7 @@ class Participant(Aggregate):
         return death_grade5(deaths, [t for t in terms if not t.startswith("ICAHT")])
 
     def _derive_reported(
-        self, timeline: list[TimelineEntry], context: _Context, known_until: datetime | None
+        self, timeline: Sequence[TimelineEntry], context: _Context, known_until: datetime | None
     ) -> tuple[AdjudicationQuestion, ...]:
         """Investigator-reported AEs (``domain.adverse_events``): terms the engine does
         not grade are published as the investigator grades them; for terms it does, a
@@ -882,7 +906,7 @@ class Participant(Aggregate):
         return tuple(questions)
 
     def _derive_gates(
-        self, timeline: list[TimelineEntry], context: _Context
+        self, timeline: Sequence[TimelineEntry], context: _Context
     ) -> tuple[AdjudicationQuestion, ...]:
         """Pre-infusion gates and eligibility (reference §7)."""
         found: list[AdjudicationQuestion] = []
@@ -905,14 +929,16 @@ class Participant(Aggregate):
                 )
 
     def _derive_sae(
-        self, timeline: list[TimelineEntry], context: _Context, as_of: datetime
+        self, timeline: Sequence[TimelineEntry], context: _Context, as_of: datetime
     ) -> tuple[AdjudicationQuestion, ...]:
         """Reporting clocks from awareness (reference §10)."""
         received = [
-            ReceivedEvent(e, *self.awareness[e.event_id]) for e in timeline if e.type in _SAE_TYPES
+            ReceivedEvent(e, *self.awareness[e.event_id]) for e in arrived(timeline, _SAE_TYPES)
         ]
         ae_of_event = {
-            e.event_id: e.data.ae_id for e in timeline if isinstance(e.data, AdverseEventReported)
+            e.event_id: e.data.ae_id
+            for e in arrived(timeline, ("adverse_event.reported",))
+            if isinstance(e.data, AdverseEventReported)
         }
         decisions = {
             ae_of_event[target]: decision
@@ -979,7 +1005,7 @@ class Participant(Aggregate):
 
     def _derive_febrile_neutropenia(
         self,
-        timeline: list[TimelineEntry],
+        timeline: Sequence[TimelineEntry],
         context: _Context,
         as_of: datetime,
         known_until: datetime | None,
@@ -1004,7 +1030,7 @@ class Participant(Aggregate):
         afebrile_since: datetime | None = None
         onset = next((e.at for e in episodes if e.resolved_at is None), None)
         if onset is not None:
-            for entry in sorted(timeline, key=lambda e: e.order):
+            for entry in chronological(timeline, ("vitals.recorded",)):
                 vitals = entry.data
                 if not isinstance(vitals, VitalsRecorded) or vitals.temperature_c is None:
                     continue
@@ -1018,17 +1044,15 @@ class Participant(Aggregate):
         )
 
     def _derive_iechs(
-        self, timeline: list[TimelineEntry], context: _Context, as_of: datetime
+        self, timeline: Sequence[TimelineEntry], context: _Context, as_of: datetime
     ) -> None:
         """The IEC-HS screen (reference §5): a prompt for the investigator, once per
         CRS episode."""
         episodes = self._published_episodes("CRS")
         if not episodes:
             return
-        start = next((e.at for e in timeline if e.type == "lymphodepletion.administered"), None)
-        baseline = lab_baselines([e for e in timeline if e.type == "lab.resulted"], start).get(
-            "ferritin"
-        )
+        start = next((e.at for e in arrived(timeline, ("lymphodepletion.administered",))), None)
+        baseline = lab_baselines(timeline, start).get("ferritin")
         screens = [
             screen
             for owns, (iechs_params, version) in self._versions(
@@ -1060,7 +1084,7 @@ class Participant(Aggregate):
                 )
 
     def _derive_dlt(
-        self, timeline: list[TimelineEntry], context: _Context, as_of: datetime
+        self, timeline: Sequence[TimelineEntry], context: _Context, as_of: datetime
     ) -> tuple[AdjudicationQuestion, ...]:
         """DLT window and rules (reference §7) over the grades published so far."""
         courses = self._dlt_courses(timeline)
@@ -1076,7 +1100,7 @@ class Participant(Aggregate):
     def _evaluate_dlt(
         self,
         courses: list[TermCourse],
-        timeline: list[TimelineEntry],
+        timeline: Sequence[TimelineEntry],
         context: _Context,
         as_of: datetime,
         params: DLTParameters,
@@ -1087,10 +1111,10 @@ class Participant(Aggregate):
             params=params,
             infusion_at=context.infusion_at,
             day_zero_is_infusion_day=day_zero_is_infusion_day,
-            withdrawn_at=next((e.at for e in timeline if e.type == "participant.withdrawn"), None),
+            withdrawn_at=next((e.at for e in arrived(timeline, ("participant.withdrawn",))), None),
             deaths=[
                 Death(e.at, _cause_term(e.data.cause, self.published), e.data.related, e.event_id)
-                for e in timeline
+                for e in arrived(timeline, ("death.reported",))
                 if isinstance(e.data, DeathReported)
             ],
             overturns=[
@@ -1101,7 +1125,7 @@ class Participant(Aggregate):
                     e.at,
                     e.event_id,
                 )
-                for e in timeline
+                for e in arrived(timeline, ("adjudication.recorded",))
                 if isinstance(e.data, AdjudicationRecorded) and e.data.target.kind == "dlt"
             ],
             as_of=as_of,
@@ -1179,7 +1203,7 @@ class Participant(Aggregate):
         )
         return evaluation.questions + referrals
 
-    def _dlt_courses(self, timeline: list[TimelineEntry]) -> list[TermCourse]:
+    def _dlt_courses(self, timeline: Sequence[TimelineEntry]) -> list[TermCourse]:
         """Every published term's grade course, with the relatedness the investigator
         reported for it (latest report naming it) and an attribution stated by the
         committee on one of its reports."""
@@ -1237,7 +1261,7 @@ class Participant(Aggregate):
 
     def _derive_icans(
         self,
-        timeline: list[TimelineEntry],
+        timeline: Sequence[TimelineEntry],
         context: _Context,
         infusion_at: datetime | None,
         as_of: datetime,
@@ -1512,7 +1536,7 @@ def _fatal_point(death: DeathGrade, criteria: str, context: _Context) -> _GradeP
 
 
 def _adjudicated(
-    points: list[_GradePoint], timeline: list[TimelineEntry], kind: EpisodeKind
+    points: list[_GradePoint], timeline: Sequence[TimelineEntry], kind: EpisodeKind
 ) -> tuple[list[_GradePoint], tuple[AdjudicationQuestion, ...]]:
     """The episode grade points with the committee's decisions applied
     (``domain.adverse_events.adjudicate_episodes``)."""
@@ -1713,7 +1737,7 @@ def _icans_points(icans: ICANSDerivation, context: _Context) -> list[_GradePoint
 def _icaht_points(
     icaht: ICAHTDerivation,
     phase: str,
-    timeline: list[TimelineEntry],
+    timeline: Sequence[TimelineEntry],
     parameters: ProtocolParameters,
     infusion_at: datetime | None,
 ) -> list[_GradePoint]:

@@ -48,7 +48,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from domain.contract import LabResulted, VitalsRecorded
 from domain.ctcae import Baseline, Criteria, CTCAEVersion, grade_lab
-from domain.timeline import TimelineEntry
+from domain.timeline import TimelineEntry, chronological
 from domain.units import convert
 
 FN_TERM: Final = "Febrile neutropenia"
@@ -212,8 +212,9 @@ def febrile_neutropenia(
     params = params or FNParameters()
     criteria: Criteria = "CTCAE-6.0" if version == "6.0" else "CTCAE-5.0"
     sweep = _FNSweep(params, criteria)
-    entries = sorted(timeline, key=lambda e: e.order)
-    for entry in entries:
+    # Only results and vitals change the sweep; an episode that resolves between two
+    # of them resolves at the same instant (the afebrile time) whenever it is checked.
+    for entry in chronological(timeline, ("lab.resulted", "vitals.recorded")):
         sweep.resolve_if_afebrile_long_enough(entry.at)
         data = entry.data
         if isinstance(data, LabResulted) and data.analyte == "anc":
@@ -225,7 +226,7 @@ def febrile_neutropenia(
             and (infusion_at is None or entry.at >= infusion_at)
         ):
             sweep.observe_temperature(_Reading(entry.at, data.temperature_c, entry.event_id))
-    last = as_of if as_of is not None else (entries[-1].at if entries else None)
+    last = as_of if as_of is not None else max((e.at for e in timeline), default=None)
     if last is not None:
         sweep.resolve_if_afebrile_long_enough(last)
     return sweep.finish()
@@ -309,7 +310,7 @@ class _Labs:
 
     def __init__(self, timeline: Sequence[TimelineEntry]) -> None:
         self.by_analyte: dict[str, list[_Result]] = {}
-        for entry in sorted(timeline, key=lambda e: e.order):
+        for entry in chronological(timeline, ("lab.resulted",)):
             data = entry.data
             if isinstance(data, LabResulted) and data.analyte in _IECHS_ANALYTES:
                 result = _Result(entry.at, data, entry.event_id)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from bisect import insort
+from collections.abc import Callable, Collection, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from operator import attrgetter
+from typing import overload
 
 from pydantic import BaseModel
 
@@ -25,6 +29,135 @@ class TimelineEntry:
     @property
     def order(self) -> tuple[datetime, int]:
         return (self.at, self.seq)
+
+
+#: Clinical order: time, then arrival (``seq`` is unique in a timeline).
+_ORDER = attrgetter("at", "seq")
+_SEQ = attrgetter("seq")
+
+
+class Chronological(tuple[TimelineEntry, ...]):
+    """Entries already in clinical order (ties in arrival order): what
+    :func:`chronological` returns, and takes back without sorting again."""
+
+
+class Timeline(Sequence[TimelineEntry]):
+    """A participant's effective timeline, in arrival order, indexed as it grows.
+
+    The rules are pure functions over the whole timeline, and each wants some types
+    in clinical order; a participant's rules run after every new entry. The index
+    keeps the clinical order as entries arrive (mostly in time order: an append) and
+    gives each rule its types' entries once per entry instead of every rule sorting
+    the whole timeline again (:func:`chronological`, :func:`arrived`). The results are
+    the same as sorting and filtering the plain list.
+    """
+
+    def __init__(self, entries: Iterable[TimelineEntry] = ()) -> None:
+        self._entries: list[TimelineEntry] = []
+        self._in_order: list[TimelineEntry] = []
+        self._arrived: dict[str, list[TimelineEntry]] = {}
+        self._views: dict[tuple[bool, frozenset[str] | None], Sequence[TimelineEntry]] = {}
+        self._groups: dict[tuple[frozenset[str], object], dict[Hashable, Chronological]] = {}
+        for entry in entries:
+            self.append(entry)
+
+    def append(self, entry: TimelineEntry) -> None:
+        self._entries.append(entry)
+        self._arrived.setdefault(entry.type, []).append(entry)
+        insort(self._in_order, entry, key=_ORDER)
+        self._views.clear()
+        self._groups.clear()
+
+    @overload
+    def __getitem__(self, index: int) -> TimelineEntry: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[TimelineEntry]: ...
+
+    def __getitem__(self, index: int | slice) -> TimelineEntry | Sequence[TimelineEntry]:
+        return self._entries[index]
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __iter__(self) -> Iterator[TimelineEntry]:
+        return iter(self._entries)
+
+    def chronological(self, types: Collection[str] | None = None) -> Chronological:
+        key = (True, None if types is None else frozenset(types))
+        view = self._views.get(key)
+        if view is None:
+            wanted = key[1]
+            view = self._views[key] = Chronological(
+                self._in_order
+                if wanted is None
+                else (e for e in self._in_order if e.type in wanted)
+            )
+        assert isinstance(view, Chronological)
+        return view
+
+    def arrived(self, types: Collection[str]) -> Sequence[TimelineEntry]:
+        key = (False, frozenset(types))
+        view = self._views.get(key)
+        if view is None:
+            wanted = key[1]
+            lists = [self._arrived[t] for t in wanted if t in self._arrived]
+            view = self._views[key] = (
+                tuple(lists[0])
+                if len(lists) == 1
+                else tuple(sorted((e for entries in lists for e in entries), key=_SEQ))
+            )
+        return view
+
+    def grouped(
+        self, types: Collection[str], key: Callable[[TimelineEntry], Hashable]
+    ) -> dict[Hashable, Chronological]:
+        index = (frozenset(types), key)
+        groups = self._groups.get(index)
+        if groups is None:
+            groups = self._groups[index] = _grouped(self.chronological(types), key)
+        return groups
+
+
+def chronological(
+    timeline: Iterable[TimelineEntry], types: Collection[str] | None = None
+) -> Chronological:
+    """The entries of ``types`` (every entry, without), in clinical order with ties in
+    arrival order: ``sorted`` by (``at``, ``seq``), kept by a :class:`Timeline`."""
+    if isinstance(timeline, Timeline):
+        return timeline.chronological(types)
+    if isinstance(timeline, Chronological):
+        return timeline if types is None else Chronological(e for e in timeline if e.type in types)
+    selected = timeline if types is None else (e for e in timeline if e.type in types)
+    return Chronological(sorted(selected, key=_ORDER))
+
+
+def grouped(
+    timeline: Iterable[TimelineEntry],
+    types: Collection[str],
+    key: Callable[[TimelineEntry], Hashable],
+) -> dict[Hashable, Chronological]:
+    """The entries of ``types`` in clinical order, grouped by ``key`` (a group per
+    value; None is a value like any other)."""
+    if isinstance(timeline, Timeline):
+        return timeline.grouped(types, key)
+    return _grouped(chronological(timeline, types), key)
+
+
+def _grouped(
+    entries: Chronological, key: Callable[[TimelineEntry], Hashable]
+) -> dict[Hashable, Chronological]:
+    groups: dict[Hashable, list[TimelineEntry]] = {}
+    for entry in entries:
+        groups.setdefault(key(entry), []).append(entry)
+    return {value: Chronological(members) for value, members in groups.items()}
+
+
+def arrived(timeline: Iterable[TimelineEntry], types: Collection[str]) -> Sequence[TimelineEntry]:
+    """The entries of ``types`` in the timeline's order (a :class:`Timeline`'s: arrival)."""
+    if isinstance(timeline, Timeline):
+        return timeline.arrived(types)
+    return tuple(e for e in timeline if e.type in types)
 
 
 @dataclass(frozen=True)
