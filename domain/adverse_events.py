@@ -42,6 +42,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Final, Literal
 
 from domain.contract import AdjudicationRecorded, AdverseEventReported
@@ -69,11 +70,13 @@ _SPECIAL_NAMES: Final = frozenset(TERM_SYNONYMS[2] | TERM_SYNONYMS[3])
 _FLARE: Final = re.compile(r"\bflares?\b")
 
 
+@lru_cache(maxsize=4096)
 def normal_name(text: str) -> str:
     """A term name compared case- and punctuation-insensitively."""
     return " ".join(re.sub(r"[^a-z0-9]+", " ", text.lower()).split())
 
 
+@lru_cache(maxsize=4096)
 def names_of(term: str) -> frozenset[str]:
     """The normalised names of ``term`` and its synonyms."""
     name = normal_name(term)

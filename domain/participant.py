@@ -93,7 +93,7 @@ from domain.timeline import (
     TimelineEntry,
     arrived,
     chronological,
-    grouped,
+    group,
 )
 
 NAMESPACE = uuid5(NAMESPACE_URL, "https://toxwatch.example/ns")
@@ -780,8 +780,7 @@ class Participant(Aggregate):
                 e for e in chronological(timeline, CTCAE_INPUT_TYPES) if _entry_subject(e)
             )
         else:
-            by_subject = grouped(timeline, CTCAE_INPUT_TYPES, _entry_subject)
-            entries = by_subject.get(subject, Chronological())
+            entries = group(timeline, CTCAE_INPUT_TYPES, _entry_subject, subject)
         deaths = self._death_grades(timeline).grades
         versions = [
             (owns, self._ctcae_points(entries, version, start, deaths, context))

@@ -45,19 +45,27 @@ class Timeline(Sequence[TimelineEntry]):
     """A participant's effective timeline, in arrival order, indexed as it grows.
 
     The rules are pure functions over the whole timeline, and each wants some types
-    in clinical order; a participant's rules run after every new entry. The index
-    keeps the clinical order as entries arrive (mostly in time order: an append) and
-    gives each rule its types' entries once per entry instead of every rule sorting
-    the whole timeline again (:func:`chronological`, :func:`arrived`). The results are
-    the same as sorting and filtering the plain list.
+    in clinical order; a participant's rules run after every new entry. The indexes
+    (one per set of types, or grouping, a rule has asked for) are kept as entries
+    arrive (mostly in time order: an append), so a rule gets its entries without
+    every rule sorting and filtering the whole timeline again
+    (:func:`chronological`, :func:`arrived`, :func:`group`). The results are the same
+    as sorting and filtering the plain list.
     """
 
     def __init__(self, entries: Iterable[TimelineEntry] = ()) -> None:
         self._entries: list[TimelineEntry] = []
         self._in_order: list[TimelineEntry] = []
         self._arrived: dict[str, list[TimelineEntry]] = {}
-        self._views: dict[tuple[bool, frozenset[str] | None], Sequence[TimelineEntry]] = {}
-        self._groups: dict[tuple[frozenset[str], object], dict[Hashable, Chronological]] = {}
+        # Kept from the first request on: types -> their entries in clinical order;
+        # (types, key) -> key value -> those entries in clinical order.
+        self._ordered: dict[frozenset[str], list[TimelineEntry]] = {}
+        self._groupings: dict[
+            tuple[frozenset[str], Callable[[TimelineEntry], Hashable]],
+            dict[Hashable, list[TimelineEntry]],
+        ] = {}
+        # Views handed out since the last entry (immutable copies).
+        self._views: dict[object, Sequence[TimelineEntry]] = {}
         for entry in entries:
             self.append(entry)
 
@@ -65,8 +73,13 @@ class Timeline(Sequence[TimelineEntry]):
         self._entries.append(entry)
         self._arrived.setdefault(entry.type, []).append(entry)
         insort(self._in_order, entry, key=_ORDER)
+        for types, ordered in self._ordered.items():
+            if entry.type in types:
+                insort(ordered, entry, key=_ORDER)
+        for (types, key), groups in self._groupings.items():
+            if entry.type in types:
+                insort(groups.setdefault(key(entry), []), entry, key=_ORDER)
         self._views.clear()
-        self._groups.clear()
 
     @overload
     def __getitem__(self, index: int) -> TimelineEntry: ...
@@ -84,39 +97,43 @@ class Timeline(Sequence[TimelineEntry]):
         return iter(self._entries)
 
     def chronological(self, types: Collection[str] | None = None) -> Chronological:
-        key = (True, None if types is None else frozenset(types))
-        view = self._views.get(key)
+        wanted = None if types is None else frozenset(types)
+        view = self._views.get(("chronological", wanted))
         if view is None:
-            wanted = key[1]
-            view = self._views[key] = Chronological(
-                self._in_order
-                if wanted is None
-                else (e for e in self._in_order if e.type in wanted)
-            )
+            entries = self._in_order if wanted is None else self._ordered.get(wanted)
+            if entries is None:
+                assert wanted is not None
+                entries = self._ordered[wanted] = [e for e in self._in_order if e.type in wanted]
+            view = self._views[("chronological", wanted)] = Chronological(entries)
         assert isinstance(view, Chronological)
         return view
 
     def arrived(self, types: Collection[str]) -> Sequence[TimelineEntry]:
-        key = (False, frozenset(types))
-        view = self._views.get(key)
+        wanted = frozenset(types)
+        view = self._views.get(("arrived", wanted))
         if view is None:
-            wanted = key[1]
             lists = [self._arrived[t] for t in wanted if t in self._arrived]
-            view = self._views[key] = (
+            view = self._views[("arrived", wanted)] = (
                 tuple(lists[0])
                 if len(lists) == 1
                 else tuple(sorted((e for entries in lists for e in entries), key=_SEQ))
             )
         return view
 
-    def grouped(
-        self, types: Collection[str], key: Callable[[TimelineEntry], Hashable]
-    ) -> dict[Hashable, Chronological]:
+    def group(
+        self, types: Collection[str], key: Callable[[TimelineEntry], Hashable], value: Hashable
+    ) -> Chronological:
         index = (frozenset(types), key)
-        groups = self._groups.get(index)
+        groups = self._groupings.get(index)
         if groups is None:
-            groups = self._groups[index] = _grouped(self.chronological(types), key)
-        return groups
+            groups = self._groupings[index] = {}
+            for entry in self.chronological(types):
+                groups.setdefault(key(entry), []).append(entry)
+        view = self._views.get(("group", index, value))
+        if view is None:
+            view = self._views[("group", index, value)] = Chronological(groups.get(value, ()))
+        assert isinstance(view, Chronological)
+        return view
 
 
 def chronological(
@@ -132,25 +149,17 @@ def chronological(
     return Chronological(sorted(selected, key=_ORDER))
 
 
-def grouped(
+def group(
     timeline: Iterable[TimelineEntry],
     types: Collection[str],
     key: Callable[[TimelineEntry], Hashable],
-) -> dict[Hashable, Chronological]:
-    """The entries of ``types`` in clinical order, grouped by ``key`` (a group per
-    value; None is a value like any other)."""
+    value: Hashable,
+) -> Chronological:
+    """The entries of ``types`` whose ``key`` is ``value``, in clinical order (a
+    :class:`Timeline` keeps each grouping it was asked for)."""
     if isinstance(timeline, Timeline):
-        return timeline.grouped(types, key)
-    return _grouped(chronological(timeline, types), key)
-
-
-def _grouped(
-    entries: Chronological, key: Callable[[TimelineEntry], Hashable]
-) -> dict[Hashable, Chronological]:
-    groups: dict[Hashable, list[TimelineEntry]] = {}
-    for entry in entries:
-        groups.setdefault(key(entry), []).append(entry)
-    return {value: Chronological(members) for value, members in groups.items()}
+        return timeline.group(types, key, value)
+    return Chronological(e for e in chronological(timeline, types) if key(e) == value)
 
 
 def arrived(timeline: Iterable[TimelineEntry], types: Collection[str]) -> Sequence[TimelineEntry]:
