@@ -436,6 +436,9 @@ class Participant(Aggregate):
         #: What was published, per term: the grade timeline consumers were told.
         self.published: dict[str, list[_Published]] = {}
         self.evidence: dict[tuple[str, datetime], tuple[str, ...]] = {}
+        #: Changes of ``published``/``evidence`` (what the DLT courses are made of).
+        self._published_revision = 0
+        self._dlt_courses_cache: tuple[tuple[object, ...], list[TermCourse]] | None = None
         self.published_resolutions: dict[tuple[str, int], str] = {}
         self.published_questions: set[str] = set()
         #: Keys of the one-off findings published (deviations, SAE clocks, screens).
@@ -455,6 +458,7 @@ class Participant(Aggregate):
     ) -> None:
         _put_point(self.published.setdefault(term, []), (at, data.get("episode", 0), data["grade"]))
         self.evidence[(term, at)] = tuple(caused_by)
+        self._published_revision += 1
 
     @classmethod
     def open(
@@ -1205,7 +1209,26 @@ class Participant(Aggregate):
     def _dlt_courses(self, timeline: Sequence[TimelineEntry]) -> list[TermCourse]:
         """Every published term's grade course, with the relatedness the investigator
         reported for it (latest report naming it) and an attribution stated by the
-        committee on one of its reports."""
+        committee on one of its reports. Made again only when one of these changed
+        (the DLT rules run after most events; the courses seldom change)."""
+        key = (
+            timeline,
+            self._published_revision,
+            arrived(timeline, ("adverse_event.reported",)),
+            arrived(timeline, ("adjudication.recorded",)),
+        )
+        cached = self._dlt_courses_cache
+        if (
+            cached is not None
+            and len(cached[0]) == len(key)
+            and all(a is b or a == b for a, b in zip(cached[0], key, strict=True))
+        ):
+            return cached[1]
+        courses = self._make_dlt_courses(timeline)
+        self._dlt_courses_cache = (key, courses)
+        return courses
+
+    def _make_dlt_courses(self, timeline: Sequence[TimelineEntry]) -> list[TermCourse]:
         aes = reported_aes(timeline)
         attributions = event_attributions(timeline)
         courses = []
