@@ -3,6 +3,11 @@
 faust consumes at-least-once; each batch is applied with ``SafetyMonitoring.apply_batch``
 (new domain events and the partitions' positions in one transaction) before faust
 acknowledges it, so a redelivered message is skipped by its tracked offset.
+
+The inbound topic's id is checked when partitions are assigned and whenever a batch
+would skip a message as already applied: a topic deleted and recreated (or lost with
+the broker's data) is recorded as replaced and applied afresh from offset 0
+(``services.ingest_sources``).
 """
 
 from __future__ import annotations
@@ -18,14 +23,19 @@ import faust
 from faust.transport.drivers import aiokafka as faust_kafka
 from faust.types import TP
 
+from infra.kafka import TopicIds
 from infra.metrics import Metrics
 from infra.settings import Settings
 from services.application import STORE_ERRORS, BatchOutcome, InboundMessage, SafetyMonitoring
+from services.ingest_sources import SourceCheck, SourceUnavailable
 
 log = logging.getLogger(__name__)
 MAX_STORE_BACKOFF_S = 5.0
 #: Tries of a batch the store refuses before the process exits (about 10 s).
 STORE_ATTEMPTS = 6
+#: Failures a batch waits out (with backoff) before the process gives up: the store's,
+#: and the inbound topic's id that cannot be looked up while it must be checked.
+RETRIED_ERRORS: tuple[type[BaseException], ...] = (*STORE_ERRORS, SourceUnavailable)
 
 
 def record_outcome(metrics: Metrics, outcome: BatchOutcome, size: int) -> None:
@@ -41,6 +51,14 @@ def record_outcome(metrics: Metrics, outcome: BatchOutcome, size: int) -> None:
             metrics.crs_grades.labels(event.dose_level or "unknown", str(event.data["grade"])).inc()
     metrics.batch_size.observe(size)
     metrics.commit_seconds.observe(outcome.commit_seconds)
+    for check in outcome.source_checks:
+        record_source_check(metrics, check)
+
+
+def record_source_check(metrics: Metrics, check: SourceCheck) -> None:
+    metrics.topic_incarnation.labels(check.topic).set(check.incarnation)
+    if check.outcome == "replaced":
+        metrics.topic_replacements.labels(check.topic).inc()
 
 
 class _ConsumerThread(faust_kafka.AIOKafkaConsumerThread):
@@ -110,6 +128,29 @@ def create_faust_app(
     )
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
 
+    @app.on_partitions_assigned.connect
+    async def check_sources(sender: Any, assigned: set[TP], **kwargs: Any) -> None:
+        """Check the inbound topic's id before anything is applied from the newly
+        assigned partitions (a broker restart or a recreated topic makes the group
+        rebalance); if it cannot be checked now, the next batch checks it first."""
+        topics = sorted({tp.topic for tp in assigned})
+        application.sources_assigned(topics)
+        loop = asyncio.get_running_loop()
+        for topic in topics:
+            try:
+                check = await loop.run_in_executor(
+                    executor, application.verify_source, topic, datetime.now(UTC)
+                )
+            except Exception as error:
+                log.warning(
+                    "checking the id of topic %s on assignment failed (%s): the next batch "
+                    "checks it first",
+                    topic,
+                    error,
+                )
+            else:
+                record_source_check(metrics, check)
+
     @app.agent(topic, name="ingest")
     async def ingest(stream: Any) -> None:
         loop = asyncio.get_running_loop()
@@ -130,7 +171,7 @@ def create_faust_app(
             ]
             outcome = await _apply_until_stored(loop, executor, application, messages)
             record_outcome(metrics, outcome, len(messages))
-            _record_lag(app, metrics, messages)
+            _record_lag(app, metrics, outcome)
             if outcome.rejected:
                 log.info(
                     "rejected %d message(s): %s", outcome.rejected, dict(outcome.rejected_by_code)
@@ -139,19 +180,17 @@ def create_faust_app(
     return app
 
 
-def _record_lag(app: faust.App, metrics: Metrics, messages: list[InboundMessage]) -> None:
+def _record_lag(app: faust.App, metrics: Metrics, outcome: BatchOutcome) -> None:
     """Consumer lag per partition after a batch: the partition's high watermark less
-    the next offset to apply (unknown high watermarks are left as they were)."""
-    last: dict[tuple[str, int], int] = {}
-    for message in messages:
-        last[(message.topic, message.partition)] = message.offset
-    for (topic, partition), offset in last.items():
+    the next offset to apply in the topic's current incarnation (unknown high
+    watermarks are left as they were)."""
+    for (topic, partition), position in outcome.positions.items():
         try:
             highwater = app.consumer.highwater(TP(topic, partition))
         except Exception:  # not assigned any more, or not known yet
             continue
         if highwater is not None:
-            lag = max(highwater - (offset + 1), 0)
+            lag = max(highwater - position, 0)
             metrics.consumer_lag.labels(str(partition)).set(lag)
 
 
@@ -166,34 +205,34 @@ async def _apply_until_stored(
     messages: list[InboundMessage],
 ) -> BatchOutcome:
     """Apply a batch until the store takes it: a store failure (lost connection, full
-    or read-only disk) is waited out with backoff and never skipped (faust would
-    commit the batch's offsets once the agent moved on); if it lasts, and on any other
-    failure (a defect this process cannot contain), the process exits without
-    committing, and its successor (restarted by its supervisor) resumes from the
-    store's positions."""
+    or read-only disk), or an inbound topic whose id must be checked and cannot be, is
+    waited out with backoff and never skipped (faust would commit the batch's offsets
+    once the agent moved on); if it lasts, and on any other failure (a defect this
+    process cannot contain), the process exits without committing, and its successor
+    (restarted by its supervisor) resumes from the store's positions."""
     delay = 0.2
     for attempt in range(1, STORE_ATTEMPTS + 1):
         try:
             return await loop.run_in_executor(executor, _apply, application, messages)
-        except STORE_ERRORS as error:
+        except RETRIED_ERRORS as error:
             first = messages[0]
             if attempt == STORE_ATTEMPTS:
                 # A connection can stay broken after the store recovers (SQLite after a
                 # failed write): a fresh process reconnects and resumes from the store.
                 log.critical(
-                    "the store refused a batch %d times (%s): exiting to reconnect",
+                    "a batch could not be applied %d times (%s): exiting to reconnect",
                     attempt,
-                    type(error).__name__,
+                    _reason(error),
                 )
                 logging.shutdown()
                 os._exit(75)
             log.error(
-                "the store refused a batch of %d from %s#%d@%d (%s); retrying in %.1f s",
+                "a batch of %d from %s#%d@%d could not be applied (%s); retrying in %.1f s",
                 len(messages),
                 first.topic,
                 first.partition,
                 first.offset,
-                type(error).__name__,
+                _reason(error),
                 delay,
             )
             await asyncio.sleep(delay)
@@ -205,10 +244,19 @@ async def _apply_until_stored(
     raise AssertionError("unreachable")
 
 
+def _reason(error: BaseException) -> str:
+    """Why a batch failed, for the log: the store's errors by type only (their text
+    can quote stored values)."""
+    if isinstance(error, SourceUnavailable):
+        return str(error)
+    return type(error).__name__
+
+
 def run_worker(
     settings: Settings, bootstrap_servers: str, application: SafetyMonitoring, metrics: Metrics
 ) -> None:
     """Run the faust worker until it is stopped (SIGINT/SIGTERM)."""
+    application.topic_ids = TopicIds(bootstrap_servers)
     app = create_faust_app(settings, bootstrap_servers, application, metrics)
     # Logging is the process's own (services.logs), JSON in production.
     worker = faust.Worker(app, quiet=True, override_logging=False)
