@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from infra.kafka import TopicIdentity
+from services.alerts import AlertDesk
 from services.application import SafetyMonitoring
 from services.ingest_sources import IngestSource, SourceUnavailable
 from services.offline import in_memory_application
@@ -267,3 +268,23 @@ def test_workers_binding_at_once_record_one_binding(topic_ids: FakeTopicIds) -> 
         second.close()
         first.close()
 
+
+def test_a_replacement_raises_one_critical_data_quality_alert(
+    app: SafetyMonitoring, topic_ids: FakeTopicIds
+) -> None:
+    app.apply_batch(at_offsets(course()), now=NOW)
+    topic_ids.recreate()
+    app.apply_batch(at_offsets(later_course()), now=NOW)
+
+    AlertDesk(app).run_until_idle()
+
+    [alert] = [
+        e
+        for e in app.iter_safety_events()
+        if e.type == "alert.raised" and e.data["category"] == "data_quality"
+    ]
+    assert alert.data["severity"] == "critical"
+    assert alert.participant_id == "-"
+    assert alert.effective_at == NOW
+    assert f"Inbound topic {TOPIC} was replaced" in alert.data["title"]
+    assert "0@3" in alert.data["title"]
