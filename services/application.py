@@ -385,6 +385,20 @@ class SafetyMonitoring(Application[UUID]):
         for topic in topics:
             self._verified.discard(topic)
 
+    def resume_positions(
+        self, topic: str, partitions: Iterable[int], now: datetime
+    ) -> tuple[dict[int, int], SourceCheck | None]:
+        """Where consuming ``topic``'s partitions must resume at the latest: the store's
+        positions (read afresh) in the topic's current incarnation, its id checked
+        first unless it has been since the last assignment; and that check."""
+        check = None
+        if self.topic_ids is not None and topic not in self._verified:
+            check = self.verify_source(topic, now)
+        positions = self.ingest_positions(topic, partitions, incarnation=self.incarnation(topic))
+        for partition, offset in positions.items():
+            self._positions[(topic, partition)] = offset
+        return positions, check
+
     def verify_source(self, topic: str, now: datetime) -> SourceCheck:
         """Check ``topic``'s id against the recorded binding: bind it the first time
         (a store with positions but no binding, from before bindings were recorded,

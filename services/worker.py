@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
@@ -76,8 +77,14 @@ class _ConsumerThread(faust_kafka.AIOKafkaConsumerThread):
         return consumer
 
 
-def _transport(app: faust.App, fetch_max_wait_ms: int) -> Any:
-    """faust's Kafka transport, its consumer using :class:`_ConsumerThread`."""
+#: Given the consumer and the committed offsets it sought to, seeks where it must
+#: resume instead and returns the offsets it resumes from.
+Align = Callable[[Any, Mapping[TP, int]], Awaitable[Mapping[TP, int]]]
+
+
+def _transport(app: faust.App, fetch_max_wait_ms: int, align: Align) -> Any:
+    """faust's Kafka transport, its consumer using :class:`_ConsumerThread` and
+    resuming, after each assignment, where ``align`` says."""
 
     class ConsumerThread(_ConsumerThread):
         pass
@@ -87,6 +94,11 @@ def _transport(app: faust.App, fetch_max_wait_ms: int) -> Any:
     class Consumer(faust_kafka.Consumer):
         def _new_consumer_thread(self) -> Any:
             return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+        async def seek_to_committed(self) -> Mapping[TP, int]:
+            # faust seeks to the committed offsets after every assignment (and while
+            # its flow is stopped): the store gets the last word.
+            return await align(self, await super().seek_to_committed())
 
     class Transport(faust_kafka.Transport):
         pass
@@ -117,7 +129,38 @@ def create_faust_app(
         # A batch whose agent raised must not count as processed (nor its offsets).
         stream_ack_exceptions=False,
     )
-    app.transport = _transport(app, settings.fetch_max_wait_ms)
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+
+    async def align(consumer: Any, committed: Mapping[TP, int]) -> Mapping[TP, int]:
+        """Resume the inbound topic's partitions at the store's positions where the
+        committed offsets are past them (its id checked first): offsets committed for a
+        topic since replaced, or a store restored from a backup, would otherwise skip
+        messages the store never applied."""
+        tps = sorted(tp for tp in consumer.assignment() if tp.topic == settings.clinical_topic)
+        if not tps:
+            return committed
+        loop = asyncio.get_running_loop()
+        positions, check = await _resume_positions(loop, executor, application, tps)
+        if check is not None:
+            record_source_check(metrics, check)
+        aligned = dict(committed)
+        behind = {
+            tp: positions[tp.partition]
+            for tp in tps
+            if (committed.get(tp) or 0) > positions[tp.partition]
+        }
+        if behind:
+            log.warning(
+                "the committed offsets of %s are past the store's positions %s: resuming "
+                "from the store's",
+                settings.clinical_topic,
+                {tp.partition: (committed.get(tp), offset) for tp, offset in behind.items()},
+            )
+            await consumer.seek_wait(behind)
+            aligned.update(behind)
+        return aligned
+
+    app.transport = _transport(app, settings.fetch_max_wait_ms, align)
     topic = app.topic(
         settings.clinical_topic,
         key_type=bytes,
@@ -126,30 +169,13 @@ def create_faust_app(
         value_serializer="raw",
         partitions=settings.partitions,
     )
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
 
     @app.on_partitions_assigned.connect
-    async def check_sources(sender: Any, assigned: set[TP], **kwargs: Any) -> None:
-        """Check the inbound topic's id before anything is applied from the newly
-        assigned partitions (a broker restart or a recreated topic makes the group
-        rebalance); if it cannot be checked now, the next batch checks it first."""
-        topics = sorted({tp.topic for tp in assigned})
-        application.sources_assigned(topics)
-        loop = asyncio.get_running_loop()
-        for topic in topics:
-            try:
-                check = await loop.run_in_executor(
-                    executor, application.verify_source, topic, datetime.now(UTC)
-                )
-            except Exception as error:
-                log.warning(
-                    "checking the id of topic %s on assignment failed (%s): the next batch "
-                    "checks it first",
-                    topic,
-                    error,
-                )
-            else:
-                record_source_check(metrics, check)
+    async def sources_assigned(sender: Any, assigned: set[TP], **kwargs: Any) -> None:
+        """A rebalance (a broker restart or a recreated topic makes one): the topic's id
+        is checked again before anything is applied (``align`` checks it when faust
+        seeks; else the next batch does)."""
+        application.sources_assigned({tp.topic for tp in assigned})
 
     @app.agent(topic, name="ingest")
     async def ingest(stream: Any) -> None:
@@ -192,6 +218,36 @@ def _record_lag(app: faust.App, metrics: Metrics, outcome: BatchOutcome) -> None
         if highwater is not None:
             lag = max(highwater - position, 0)
             metrics.consumer_lag.labels(str(partition)).set(lag)
+
+
+async def _resume_positions(
+    loop: asyncio.AbstractEventLoop,
+    executor: ThreadPoolExecutor,
+    application: SafetyMonitoring,
+    tps: Sequence[TP],
+) -> tuple[dict[int, int], SourceCheck | None]:
+    """The store's positions of the inbound topic (``resume_positions``), its id checked
+    first. If the id cannot be checked for a while, the process exits: consuming
+    without knowing which topic the positions belong to could skip messages."""
+    topic = tps[0].topic
+    partitions = [tp.partition for tp in tps]
+    delay = 0.2
+    for attempt in range(1, STORE_ATTEMPTS + 1):
+        try:
+            return await loop.run_in_executor(
+                executor, application.resume_positions, topic, partitions, datetime.now(UTC)
+            )
+        except RETRIED_ERRORS as error:
+            if attempt == STORE_ATTEMPTS:
+                log.critical(
+                    "resuming %s failed %d times (%s): exiting", topic, attempt, _reason(error)
+                )
+                logging.shutdown()
+                os._exit(75)
+            log.error("resuming %s failed (%s); retrying in %.1f s", topic, _reason(error), delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, MAX_STORE_BACKOFF_S)
+    raise AssertionError("unreachable")
 
 
 def _apply(application: SafetyMonitoring, messages: list[InboundMessage]) -> BatchOutcome:

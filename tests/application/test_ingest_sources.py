@@ -203,6 +203,36 @@ def test_a_topic_id_that_cannot_be_looked_up_applies_nothing(
     assert (outcome.accepted, outcome.already_applied) == (3, 0)
 
 
+def test_consuming_resumes_at_the_stores_positions_in_the_current_topic(
+    app: SafetyMonitoring, topic_ids: FakeTopicIds
+) -> None:
+    app.apply_batch(at_offsets(course()), now=NOW)
+    app.sources_assigned([TOPIC])
+
+    positions, check = app.resume_positions(TOPIC, range(PARTITIONS), NOW)
+
+    assert positions == {0: 3, 1: 0, 2: 0, 3: 0}
+    assert check is not None and check.outcome == "unchanged"
+    # Checked since the assignment: not looked up again.
+    assert app.resume_positions(TOPIC, [0], NOW) == ({0: 3}, None)
+
+
+def test_after_a_replacement_consuming_resumes_at_offset_0_of_the_new_topic(
+    app: SafetyMonitoring, topic_ids: FakeTopicIds
+) -> None:
+    """Offsets committed to the broker for the old topic (or by the consumer after the
+    restart) would start the new topic past messages never applied: the worker seeks
+    back to these positions."""
+    app.apply_batch(at_offsets(course()), now=NOW)
+    topic_ids.recreate()
+    app.sources_assigned([TOPIC])
+
+    positions, check = app.resume_positions(TOPIC, range(PARTITIONS), NOW)
+
+    assert positions == {0: 0, 1: 0, 2: 0, 3: 0}
+    assert check is not None and (check.outcome, check.positions) == ("replaced", {0: 3})
+
+
 def test_workers_finding_the_replacement_at_once_record_it_once_and_all_adopt_it(
     topic_ids: FakeTopicIds,
 ) -> None:
