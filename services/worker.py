@@ -58,8 +58,10 @@ def record_outcome(metrics: Metrics, outcome: BatchOutcome, size: int) -> None:
 
 def record_source_check(metrics: Metrics, check: SourceCheck) -> None:
     metrics.topic_incarnation.labels(check.topic).set(check.incarnation)
+    # The series exists (at 0) from the first check, so a rate sees the first increase.
+    replacements = metrics.topic_replacements.labels(check.topic)
     if check.outcome == "replaced":
-        metrics.topic_replacements.labels(check.topic).inc()
+        replacements.inc()
 
 
 class _ConsumerThread(faust_kafka.AIOKafkaConsumerThread):
