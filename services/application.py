@@ -441,7 +441,7 @@ class SafetyMonitoring(Application[UUID]):
 
     def _adopt(self, check: SourceCheck) -> None:
         topic = check.topic
-        if self._incarnations.get(topic, check.incarnation) != check.incarnation:
+        if self._incarnations.get(topic) != check.incarnation:
             for key in [k for k in self._positions if k[0] == topic]:
                 del self._positions[key]
         self._incarnations[topic] = check.incarnation
