@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 
 #: Group timings that let a consumer group form in seconds on the embedded broker.
 GROUP_TIMINGS: dict[str, Any] = {
@@ -40,3 +41,49 @@ def reading_consumer(bootstrap_servers: str, *topics: str, **overrides: Any) -> 
     }
     config.update(overrides)
     return KafkaConsumer(*topics, **config)
+
+
+#: What a broker that does not know topic ids reports for one.
+_NO_TOPIC_ID = "00000000-0000-0000-0000-000000000000"
+
+
+@dataclass(frozen=True)
+class TopicIdentity:
+    """A topic's id (Kafka's UUID, new for each topic created under a name) and its
+    number of partitions."""
+
+    topic_id: str
+    partitions: int
+
+
+class TopicIds:
+    """Looks up a topic's :class:`TopicIdentity` (``DescribeTopics``); None when the
+    topic does not exist or the broker reports no id. Keeps one admin client, made
+    again after a failure (which propagates). Not thread-safe: one caller thread."""
+
+    def __init__(self, bootstrap_servers: str, **overrides: Any) -> None:
+        self.config: dict[str, Any] = {
+            "bootstrap_servers": bootstrap_servers,
+            "client_id": "toxwatch-topic-ids",
+            "request_timeout_ms": 5_000,
+            **overrides,
+        }
+        self._admin: KafkaAdminClient | None = None
+
+    def __call__(self, topic: str) -> TopicIdentity | None:
+        if self._admin is None:
+            self._admin = KafkaAdminClient(**self.config)
+        try:
+            [description] = self._admin.describe_topics([topic])
+        except Exception:
+            self.close()
+            raise
+        topic_id = description.get("topic_id")
+        if description.get("error_code") or not topic_id or str(topic_id) == _NO_TOPIC_ID:
+            return None
+        return TopicIdentity(str(topic_id), len(description.get("partitions") or ()))
+
+    def close(self) -> None:
+        admin, self._admin = self._admin, None
+        if admin is not None:
+            admin.close()

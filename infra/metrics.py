@@ -118,6 +118,20 @@ class Metrics:
             ["partition"],
             registry=r,
         )
+        self.topic_replacements = Counter(
+            "toxwatch_ingest_topic_replacements",
+            "Inbound topics found replaced (deleted and created again, or lost with the "
+            "broker's data) whose replacement this worker recorded, by topic",
+            ["topic"],
+            registry=r,
+        )
+        self.topic_incarnation = Gauge(
+            "toxwatch_ingest_topic_incarnation",
+            "The incarnation of each inbound topic the worker applies (0 as first bound, "
+            "one more per recorded replacement)",
+            ["topic"],
+            registry=r,
+        )
         self.relay_position = Gauge(
             "toxwatch_relay_position", "Last notification id published by the relay", registry=r
         )

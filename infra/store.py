@@ -258,13 +258,20 @@ def _claim_row(trial_id: str, event_id: str, participant_id: str) -> tuple[str, 
     return event_key(trial_id, event_id), sender_key(trial_id, participant_id)
 
 
-def partition_tracking_name(topic: str, partition: int) -> str:
-    return f"{topic}#{partition}"
+def partition_tracking_name(topic: str, partition: int, incarnation: int = 0) -> str:
+    """The tracking name of a partition of an inbound topic: ``{topic}#{partition}``
+    for the topic's first incarnation (the name stores have always used), and
+    ``{topic}~{n}#{partition}`` once the topic has been replaced ``n`` times (deleted
+    and recreated, or lost with a broker's data: its offsets start again at 0). ``~``
+    cannot occur in a Kafka topic name."""
+    if incarnation == 0:
+        return f"{topic}#{partition}"
+    return f"{topic}~{incarnation}#{partition}"
 
 
-def kafka_tracking(topic: str, partition: int, offset: int) -> Tracking:
+def kafka_tracking(topic: str, partition: int, offset: int, incarnation: int = 0) -> Tracking:
     """Tracking of a consumed Kafka message: the next offset to read."""
-    return Tracking(partition_tracking_name(topic, partition), offset + 1)
+    return Tracking(partition_tracking_name(topic, partition, incarnation), offset + 1)
 
 
 def eventsourcing_env(settings: Settings) -> dict[str, str]:

@@ -5,7 +5,8 @@ safety event or clinical record that matches a protocol alert rule (``alert_rule
 raises the alert of its clinical situation, or revises it when the severity or the
 grade rises; a clock tick escalates a critical or high alert nobody acknowledged in
 time to the next role of its route; data-quality findings (records for a participant
-whose enrolment is not on record, a burst of rejected messages) raise alerts too.
+whose enrolment is not on record, a burst of rejected messages, an inbound topic found
+replaced) raise alerts too.
 The book reads no clock: time is what the log's ``clock.ticked`` events say, so a
 replay of the same log gives the same alerts, revisions and escalations.
 
@@ -34,6 +35,9 @@ from domain.protocol import AlertRoute, AlertRule, AlertRules, ProtocolParameter
 
 ALERT_NAMESPACE = uuid5(NAMESPACE, "alerts")
 MAX_EVIDENCE = 50
+#: An inbound topic found replaced: what its old incarnation held beyond the applied
+#: positions may be missing from the picture until the producers send it again.
+SOURCE_REPLACED_SEVERITY = "critical"
 _FORMATTER = string.Formatter()
 
 
@@ -321,6 +325,37 @@ class AlertBook:
             ),
             effective_at=received_at,
             evidence=(reference,),
+        )
+        return self._raise_all([finding], protocol)
+
+    def on_source_replaced(
+        self,
+        *,
+        trial_id: str,
+        topic: str,
+        incarnation: int,
+        positions_then: Mapping[str, int],
+        detected_at: datetime,
+        protocol: ProtocolParameters,
+    ) -> list[AlertCommand]:
+        """The ingest found its inbound topic replaced (deleted and created again, or
+        lost with the broker's data) and started applying it afresh from offset 0."""
+        positions = ", ".join(f"{p}@{o}" for p, o in sorted(positions_then.items())) or "none"
+        finding = Finding(
+            trial_id=trial_id,
+            participant_id=TRIAL_LEVEL_PARTICIPANT,
+            site_id=None,
+            dose_level=None,
+            category="data_quality",
+            situation=f"source_replaced:{topic}:{incarnation}",
+            severity=SOURCE_REPLACED_SEVERITY,
+            title=(
+                f"Inbound topic {topic} was replaced (deleted and created again, or lost "
+                f"by the broker): applied from offset 0 as incarnation {incarnation}; what "
+                f"the old topic held beyond partition positions {positions} must be sent again"
+            ),
+            effective_at=detected_at,
+            evidence=(f"{topic}~{incarnation}",),
         )
         return self._raise_all([finding], protocol)
 

@@ -39,6 +39,7 @@ from projections.alerts import (
 )
 from services.application import SAFETY_EVENT_TOPICS, SafetyMonitoring
 from services.following import follow_log
+from services.ingest_sources import IngestSource
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ INPUT_TOPICS = (
     get_topic(TrialClock.Ticked),
     get_topic(Alert.Acknowledged),
     get_topic(TrialLog.ProtocolActivated),
+    get_topic(IngestSource.Replaced),
 )
 
 
@@ -194,6 +196,16 @@ class AlertDesk:
             )
         if isinstance(event, TrialClock.Ticked):
             return book.on_tick(event.trial_id, event.at, self._protocol(event.trial_id))
+        if isinstance(event, IngestSource.Replaced):
+            trial_id = self.app.protocol.trial_id
+            return book.on_source_replaced(
+                trial_id=trial_id,
+                topic=event.topic,
+                incarnation=event.incarnation,
+                positions_then=event.positions_then,
+                detected_at=event.detected_at,
+                protocol=self._protocol(trial_id),
+            )
         if isinstance(event, IngestLedger.MessageRejected):
             trial_id = self.app.protocol.trial_id
             return book.on_rejection(

@@ -5,6 +5,12 @@ their participants' records, keeps the invalid ones in the ingest ledger, and sa
 every new domain event together with each partition's Kafka position in one
 transaction (architecture decision 4). A message at or below a partition's tracked
 position was applied before and is skipped, so a redelivered batch changes nothing.
+
+Positions belong to one incarnation of the inbound topic (``services.ingest_sources``):
+with a topic id lookup (``topic_ids``, the worker's), the topic's id is checked before
+the first batch after a start or a partition assignment and whenever a batch would skip
+a message as already applied (the symptom of a recreated topic, whose offsets start
+again at 0); a new id is recorded as a replacement and the topic is tracked afresh.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import logging
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
@@ -32,6 +38,7 @@ from domain.protocol import ProtocolParameters
 from domain.records import IngestLedger, PartitionRoster, TrialClock, TrialLog
 from domain.trial import Trial
 from domain.validation import ValidationLimits, validate_message
+from infra.kafka import TopicIdentity
 from infra.store import (
     EVENT_ID_CLAIMS,
     TRACKINGS,
@@ -40,6 +47,12 @@ from infra.store import (
     sender_key,
 )
 from projections.alerts import Alert
+from services.ingest_sources import (
+    IngestSource,
+    SourceCheck,
+    SourceOutcome,
+    SourceUnavailable,
+)
 
 log = logging.getLogger(__name__)
 A = TypeVar("A", bound=Aggregate)
@@ -88,6 +101,10 @@ class BatchOutcome:
     derived: list[SafetyEvent] = field(default_factory=list)
     commit_seconds: float = 0.0
     attempts: int = 1
+    #: The inbound topics' ids checked before this batch (see ``verify_source``).
+    source_checks: list[SourceCheck] = field(default_factory=list)
+    #: (topic, partition) -> the next offset to apply, after this batch.
+    positions: dict[tuple[str, int], int] = field(default_factory=dict)
 
     @property
     def accepted(self) -> int:
@@ -113,7 +130,12 @@ class SafetyMonitoring(Application[UUID]):
         super().__init__(env)
         self.protocol = protocol or ProtocolParameters()
         self.limits = limits or ValidationLimits()
+        #: Looks up an inbound topic's id (the worker's Kafka metadata); None: the
+        #: topics' ids are not checked (offline runs, tests of the ingest alone).
+        self.topic_ids: Callable[[str], TopicIdentity | None] | None = None
         self._positions: dict[tuple[str, int], int] = {}
+        self._incarnations: dict[str, int] = {}
+        self._verified: set[str] = set()
 
     # ------------------------------------------------------------------ ingest
 
@@ -124,7 +146,11 @@ class SafetyMonitoring(Application[UUID]):
         the batch is re-applied on fresh state. A valid message whose application
         fails is a defect, not a reason to stop: the batch is re-applied with that
         message kept in the ingest ledger as ``processing_error``.
+
+        Raises ``SourceUnavailable`` when a topic's id must be checked first and cannot
+        be: nothing is applied.
         """
+        checks = self._check_sources(messages, now)
         poisoned: dict[tuple[str, int, int], str] = {}
         conflicts = 0
         while True:
@@ -139,6 +165,7 @@ class SafetyMonitoring(Application[UUID]):
                 poisoned[poison.position] = poison.reason
             else:
                 outcome.attempts = 1 + conflicts + len(poisoned)
+                outcome.source_checks = checks
                 return outcome
 
     def _apply_once(
@@ -220,13 +247,19 @@ class SafetyMonitoring(Application[UUID]):
             if isinstance(e, SafetyEventRecorded)
         ]
         outcome.new_domain_events = sum(len(a.pending_events) for a in pending)
-        trackings = [kafka_tracking(t, p, o) for (t, p), o in sorted(batch.positions.items())]
+        trackings = [
+            kafka_tracking(t, p, o, self.incarnation(t))
+            for (t, p), o in sorted(batch.positions.items())
+        ]
         claims = [(trial, event_id, who) for (trial, event_id), who in batch.claims.items()]
         if pending or trackings:
             self.save(*pending, **{TRACKINGS: trackings, EVENT_ID_CLAIMS: claims})
         outcome.commit_seconds = time.perf_counter() - started
         for (topic, partition), offset in batch.positions.items():
             self._positions[(topic, partition)] = offset + 1
+        outcome.positions = {
+            (m.topic, m.partition): self.next_offset(m.topic, m.partition) for m in messages
+        }
         return outcome
 
     def _park(
@@ -296,22 +329,197 @@ class SafetyMonitoring(Application[UUID]):
         return participant.record(event, message.received_at)
 
     def next_offset(self, topic: str, partition: int) -> int:
-        """The first offset of a partition not yet applied (from the tracking table)."""
+        """The first offset of a partition not yet applied, in the topic's current
+        incarnation (from the tracking table)."""
         key = (topic, partition)
         if key not in self._positions:
-            tracked = self.recorder.max_tracking_id(partition_tracking_name(topic, partition))  # type: ignore[attr-defined]
+            name = partition_tracking_name(topic, partition, self.incarnation(topic))
+            tracked = self.recorder.max_tracking_id(name)  # type: ignore[attr-defined]
             self._positions[key] = tracked or 0
         return self._positions[key]
 
     def _forget(self, batch: _Batch) -> None:
-        """Drop what a failed batch touched: cached aggregates and positions."""
+        """Drop what a failed batch touched: cached aggregates, positions and
+        incarnations."""
         self._positions.clear()
+        self._incarnations.clear()
         cache = self.repository.cache
         if cache is None:
             return
         for aggregate_id in batch.aggregates:
             with contextlib.suppress(KeyError):
                 cache.get(aggregate_id, evict=True)
+
+    # ------------------------------------------------------------------ sources
+
+    def incarnation(self, topic: str) -> int:
+        """The incarnation of ``topic`` this process tracks positions under (0 until a
+        replacement is recorded)."""
+        if topic not in self._incarnations:
+            source = self._source(topic)
+            self._incarnations[topic] = source.incarnation if source else 0
+        return self._incarnations[topic]
+
+    def ingest_positions(
+        self, topic: str, partitions: Iterable[int], *, incarnation: int | None = None
+    ) -> dict[int, int]:
+        """The ingest's position (the next offset to apply, 0 if none) of each partition
+        of ``topic``, read from the store, in the topic's current incarnation as
+        recorded (or in ``incarnation``). Everything that reads the worker's positions
+        reads them here."""
+        if incarnation is None:
+            source = self._source(topic)
+            incarnation = source.incarnation if source else 0
+        return {
+            p: self.tracked(partition_tracking_name(topic, p, incarnation)) or 0 for p in partitions
+        }
+
+    def ingest_source(self, topic: str) -> IngestSource | None:
+        """The recorded binding of ``topic`` (None before the first check)."""
+        return self._source(topic)
+
+    def sources_assigned(self, topics: Iterable[str]) -> None:
+        """Partitions of ``topics`` were (re)assigned to this process: their ids are
+        checked again before the next batch applies anything (a recreated topic that
+        has already grown past the old positions shows no other symptom)."""
+        for topic in topics:
+            self._verified.discard(topic)
+
+    def resume_positions(
+        self, topic: str, partitions: Iterable[int], now: datetime
+    ) -> tuple[dict[int, int], SourceCheck | None]:
+        """Where consuming ``topic``'s partitions must resume at the latest: the store's
+        positions (read afresh) in the topic's current incarnation, its id checked
+        first unless it has been since the last assignment; and that check."""
+        check = None
+        if self.topic_ids is not None and topic not in self._verified:
+            check = self.verify_source(topic, now)
+        positions = self.ingest_positions(topic, partitions, incarnation=self.incarnation(topic))
+        for partition, offset in positions.items():
+            self._positions[(topic, partition)] = offset
+        return positions, check
+
+    def verify_source(self, topic: str, now: datetime) -> SourceCheck:
+        """Check ``topic``'s id against the recorded binding: bind it the first time
+        (a store with positions but no binding, from before bindings were recorded,
+        is bound to the current id); on a new id, record the replacement (logged
+        CRITICAL) and track the topic as its next incarnation from offset 0. When
+        another process records the same replacement first, this one adopts it.
+        Raises ``SourceUnavailable`` when the id cannot be looked up."""
+        identity = self._identify(topic)
+        tried: SourceOutcome | None = None  # what this process tried to record
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            source = self._source(topic)
+            if source is not None and source.topic_id == identity.topic_id:
+                # Bound to this id already, or just now by another process.
+                outcome: SourceOutcome = "unchanged" if tried is None else "adopted"
+                check = SourceCheck(topic, outcome, source.incarnation, source.topic_id)
+                break
+            if source is None:
+                previous = None
+                positions = self._tracked_positions(topic, 0, identity.partitions)
+                source = IngestSource.bind(topic, identity.topic_id, at=now, positions=positions)
+                tried = "bound"
+            else:
+                previous = source.topic_id
+                positions = self._tracked_positions(topic, source.incarnation, identity.partitions)
+                source.replace(identity.topic_id, at=now, positions_then=positions)
+                tried = "replaced"
+            try:
+                self.save(source)
+            except IntegrityError:
+                # Another process recorded it first: load theirs and compare again.
+                if attempt == MAX_ATTEMPTS:
+                    raise
+                continue
+            check = SourceCheck(
+                topic, tried, source.incarnation, source.topic_id, previous, positions
+            )
+            break
+        self._adopt(check)
+        return check
+
+    def _adopt(self, check: SourceCheck) -> None:
+        topic = check.topic
+        if self._incarnations.get(topic) != check.incarnation:
+            for key in [k for k in self._positions if k[0] == topic]:
+                del self._positions[key]
+        self._incarnations[topic] = check.incarnation
+        self._verified.add(topic)
+        if check.outcome == "replaced":
+            log.critical(
+                "inbound topic %s was replaced (topic id %s, now %s): it was deleted and "
+                "created again, or the broker lost its data, so its offsets restarted at 0. "
+                "The positions of incarnation %d are retired (%s); incarnation %d is applied "
+                "from offset 0. Messages the old topic held beyond those positions were never "
+                "applied: their producers must send them again",
+                topic,
+                check.previous_topic_id,
+                check.topic_id,
+                check.incarnation - 1,
+                check.positions,
+                check.incarnation,
+            )
+        elif check.outcome == "adopted":
+            log.warning(
+                "inbound topic %s: adopting incarnation %d (topic id %s) recorded by another "
+                "worker",
+                topic,
+                check.incarnation,
+                check.topic_id,
+            )
+        elif check.outcome == "bound":
+            log.info(
+                "inbound topic %s bound to topic id %s (positions found: %s)",
+                topic,
+                check.topic_id,
+                check.positions or "none",
+            )
+
+    def _identify(self, topic: str) -> TopicIdentity:
+        if self.topic_ids is None:
+            raise SourceUnavailable("no topic id lookup is configured")
+        try:
+            identity = self.topic_ids(topic)
+        except Exception as error:  # the broker's metadata: any client failure
+            raise SourceUnavailable(
+                f"cannot look up the id of topic {topic}: {type(error).__name__}: {error}"
+            ) from error
+        if identity is None:
+            raise SourceUnavailable(
+                f"topic {topic} has no id: it does not exist, or the broker reports no "
+                "topic ids (Kafka before 2.8)"
+            )
+        return identity
+
+    def _tracked_positions(self, topic: str, incarnation: int, partitions: int) -> dict[int, int]:
+        """The positions tracked for ``topic``'s incarnation (partitions the topic has,
+        and any this process has seen), those with one only."""
+        seen = {p for (t, p) in self._positions if t == topic}
+        found = self.ingest_positions(
+            topic, sorted(set(range(partitions)) | seen), incarnation=incarnation
+        )
+        return {p: offset for p, offset in found.items() if offset}
+
+    def _check_sources(
+        self, messages: Sequence[InboundMessage], now: datetime
+    ) -> list[SourceCheck]:
+        """Check the ids of the batch's topics not checked since the last assignment,
+        and of those where a message would be skipped as already applied."""
+        if self.topic_ids is None:
+            return []
+        due = dict.fromkeys(m.topic for m in messages if m.topic not in self._verified)
+        for message in messages:
+            if message.offset < self.next_offset(message.topic, message.partition):
+                due[message.topic] = None
+        return [self.verify_source(topic, now) for topic in due]
+
+    def _source(self, topic: str) -> IngestSource | None:
+        try:
+            source: IngestSource = self.repository.get(IngestSource.id_for(topic))
+        except AggregateNotFoundError:
+            return None
+        return source
 
     # ------------------------------------------------------------------ reading
 

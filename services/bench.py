@@ -31,7 +31,6 @@ from rich.table import Table
 from infra.broker import EmbeddedBroker, ensure_topics
 from infra.kafka import reliable_producer
 from infra.settings import Settings
-from infra.store import partition_tracking_name
 from services.application import SafetyMonitoring
 from services.bootstrap import build_application
 from services.relay import RELAY_NAME
@@ -153,7 +152,7 @@ def _full_path(servers: str, topic: str, expected: int, store: str, workdir: Pat
 
 
 def _applied(app: SafetyMonitoring, topic: str) -> int:
-    return sum(app.tracked(partition_tracking_name(topic, p)) or 0 for p in range(PARTITIONS))
+    return sum(app.ingest_positions(topic, range(PARTITIONS)).values())
 
 
 def _relayed(app: SafetyMonitoring) -> bool:

@@ -38,7 +38,6 @@ from infra.broker import EmbeddedBroker, ensure_topics
 from infra.kafka import GROUP_TIMINGS, reliable_producer
 from infra.receivers import Delivery, WebhookReceiver
 from infra.settings import Settings
-from infra.store import partition_tracking_name
 from services.bootstrap import build_application
 
 PARTITIONS = 4
@@ -241,7 +240,7 @@ def _run_one(
 
 
 def _applied(app: Any, topic: str) -> int:
-    return sum(app.tracked(partition_tracking_name(topic, p)) or 0 for p in range(PARTITIONS))
+    return sum(app.ingest_positions(topic, range(PARTITIONS)).values())
 
 
 def run_alert_bench(

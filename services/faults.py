@@ -18,7 +18,9 @@ what it recorded and published with the no-fault result:
   after a kill carries the same idempotency key and is counted apart, as ``resent``).
 
 Kinds (``FAULT_KINDS``): SIGKILL of each process; the embedded broker killed and
-restarted mid-stream (in-memory storage: what it held is gone with it); PostgreSQL
+restarted mid-stream (in-memory storage: what it held is gone with it; the harness,
+as a producer with an outbox, reports what the broker had acknowledged and lost
+before the store applied it, ``broker_lost``, and sends it again); PostgreSQL
 connections terminated (``pg_terminate_backend`` on the run's own connections, found by
 their ``application_name``; the server is never stopped); the SQLite store full (the
 processes' file-size limit lowered with ``prlimit``) or read-only (``chattr +i`` on
@@ -66,7 +68,7 @@ FAULT_KINDS: dict[str, str] = {
     "monitor": "SIGKILL the trial monitor at random points, restart it",
     "alerts": "SIGKILL the alerts process at random points, restart it",
     "dispatcher": "SIGKILL the dispatcher at random points, restart it",
-    "broker": "SIGKILL the embedded broker mid-stream, restart it on the same port",
+    "broker": "SIGKILL the embedded broker mid-ingest, restart it on the same port, resend",
     "postgres": "terminate the pipeline's PostgreSQL connections in bursts at random points",
     "sqlite-full": "SQLite store full for a few seconds (file-size limit of the processes)",
     "sqlite-readonly": "SQLite store read-only for a few seconds (chattr +i)",
@@ -78,6 +80,7 @@ KILLED_SERVICE = {k: k for k in ("worker", "relay", "monitor", "alerts", "dispat
 PARTITIONS = 4
 WEBHOOK_SECRET = "toxwatch-faults-secret"
 REPORT_ENV = "TOXWATCH_FAULTS_REPORT"
+REPLACEMENT_NOTE = "the worker recorded the inbound topic's replacement"
 _SERVICE_PREFIXES = ("TOXWATCH_", "KAFKA_BOOTSTRAP_SERVERS", "PGAPPNAME")
 
 
@@ -100,6 +103,9 @@ class RunResult:
     duplicated: int = 0
     mismatches: int = 0
     resent: int = 0
+    #: Sends the broker acknowledged and lost (its restart) before the store applied
+    #: them: reported by the producer from its outbox and sent again, not lost.
+    broker_lost: int = 0
     stalled: int = 0
     seconds: float = 0.0
     skipped: str | None = None
@@ -138,6 +144,7 @@ def summary_rows(results: Sequence[RunResult]) -> list[dict[str, Any]]:
                         "duplicated",
                         "mismatches",
                         "resent",
+                        "broker_lost",
                         "restarts",
                         "stalled",
                     )
@@ -160,6 +167,7 @@ def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
         "duplicated",
         "mismatches",
         "resent",
+        "broker_lost",
         "restarts",
         "stalled",
         "ok",
@@ -399,6 +407,73 @@ class Supervisor:
 # ---------------------------------------------------------------- Kafka
 
 
+#: One send of an outbox: a message and its partition (None: its key's).
+Send = tuple["SimulatedMessage", int | None]
+
+
+def outbox_of(messages: Iterable[SimulatedMessage], partitions: int = PARTITIONS) -> list[Send]:
+    """The sends of ``messages``, in order: each keyed by participant to its key's
+    partition, a clock tick to every partition (contract §2)."""
+    return [
+        (message, partition)
+        for message in messages
+        for partition in (range(partitions) if _is_tick(message) else (None,))
+    ]
+
+
+def send_outbox(
+    servers: str, topic: str, outbox: Sequence[Send], *, attempts: int = 5
+) -> tuple[list[tuple[int, int]], int]:
+    """Send each entry with the idempotent producer; what it reports undelivered is
+    sent again, in order.
+
+    Returns the (partition, offset) the broker acknowledged for each entry and how many
+    sends the producer reported failed (each of those was then delivered, or this
+    raises)."""
+    from kafka.errors import KafkaError
+
+    from infra.kafka import reliable_producer
+
+    pending = list(range(len(outbox)))
+    acked: list[tuple[int, int] | None] = [None] * len(outbox)
+    reported = 0
+    for attempt in range(1, attempts + 1):
+        producer = reliable_producer(servers, max_block_ms=30_000)
+        try:
+            futures = []
+            for index in pending:
+                message, partition = outbox[index]
+                future = producer.send(
+                    topic, key=message.key, value=message.value, partition=partition
+                )
+                futures.append((index, future))
+            producer.flush(timeout=60)
+            failed: list[int] = []
+            for index, future in futures:
+                try:
+                    metadata = future.get(timeout=30)
+                except KafkaError:
+                    failed.append(index)
+                    continue
+                acked[index] = (metadata.partition, metadata.offset)
+        finally:
+            producer.close(timeout=10)
+        reported += len(failed)
+        if not failed:
+            return [placement for placement in acked if placement is not None], reported
+        pending = failed
+        time.sleep(min(2.0, 0.2 * attempt))
+    raise RuntimeError(f"{len(pending)} sends undelivered after {attempts} attempts")
+
+
+def ends_of(placements: Iterable[tuple[int, int]]) -> dict[int, int]:
+    """The next offset of each partition written to."""
+    ends: dict[int, int] = {}
+    for partition, offset in placements:
+        ends[partition] = max(ends.get(partition, 0), offset + 1)
+    return ends
+
+
 def produce(
     servers: str,
     topic: str,
@@ -406,48 +481,10 @@ def produce(
     *,
     attempts: int = 5,
 ) -> tuple[dict[int, int], int]:
-    """Send each message keyed by participant (a clock tick to every partition) with
-    the idempotent producer; what it reports undelivered is sent again, in order.
-
-    Returns the next offset of each partition and how many sends the producer reported
-    failed (each of those was then delivered, or this raises)."""
-    from kafka.errors import KafkaError
-
-    from infra.kafka import reliable_producer
-
-    pending = list(messages)
-    reported = 0
-    ends: dict[int, int] = {}
-    for attempt in range(1, attempts + 1):
-        producer = reliable_producer(servers, max_block_ms=30_000)
-        try:
-            partitions = sorted(producer.partitions_for(topic))
-            futures = []
-            for message in pending:
-                targets: list[int | None] = list(partitions) if _is_tick(message) else [None]
-                for partition in targets:
-                    future = producer.send(
-                        topic, key=message.key, value=message.value, partition=partition
-                    )
-                    futures.append((message, future))
-            producer.flush(timeout=60)
-            failed: list[SimulatedMessage] = []
-            for message, future in futures:
-                try:
-                    metadata = future.get(timeout=30)
-                except KafkaError:
-                    if not failed or failed[-1] is not message:
-                        failed.append(message)
-                    continue
-                ends[metadata.partition] = max(ends.get(metadata.partition, 0), metadata.offset + 1)
-        finally:
-            producer.close(timeout=10)
-        reported += len(failed)
-        if not failed:
-            return ends, reported
-        pending = failed
-        time.sleep(min(2.0, 0.2 * attempt))
-    raise RuntimeError(f"{len(pending)} messages undelivered after {attempts} attempts")
+    """Send ``messages`` (``outbox_of``) with ``send_outbox``: the next offset of each
+    partition, and how many sends the producer reported failed."""
+    placements, reported = send_outbox(servers, topic, outbox_of(messages), attempts=attempts)
+    return ends_of(placements), reported
 
 
 def _is_tick(message: SimulatedMessage) -> bool:
@@ -863,18 +900,30 @@ class Run:
         }.get(kind, nothing)
 
     def stream_through_broker_restart(self, app: Any, supervisor: Supervisor) -> None:
-        """Produce a first part and let the worker store it; kill the broker while the
-        relay and the dispatcher are publishing, start it again on the same port
-        (in-memory: empty), create the topics as ``toxwatch broker`` does, and produce
-        the rest with a producer that retries."""
+        """Produce a first part and kill the broker at a random point of its ingest (the
+        worker may still be consuming it; the relay and the dispatcher are publishing);
+        start it again on the same port (in memory: empty) and create the topics as
+        ``toxwatch broker`` does. The worker finds the inbound topic replaced and
+        records it; once it has, the positions of the old topic no longer move, and
+        the harness, as a producer with an outbox, reports the sends the broker had
+        acknowledged at or past them (the broker lost them before the store applied
+        them: ``broker_lost``) and sends them again before the rest."""
         messages = self.reference.messages
+        topic = self.topics["clinical"]
         split = int(len(messages) * self.rng.uniform(0.3, 0.6))
-        first, _ = produce(self.servers, self.topics["clinical"], messages[:split])
-        self.ends = first
-        self.wait(lambda: self.tracked(app) == first, app, supervisor)
-        time.sleep(self.rng.uniform(0, 0.5))
+        outbox = outbox_of(messages[:split])
+        acked, reported = send_outbox(self.servers, topic, outbox)
+        self.result.count("resent", reported, "clinical sends the producer reported failed")
+        self.ends = ends_of(acked)
+        fraction = self.rng.uniform(0.3, 1.0)
+        # The worker may take a while to start on a busy machine.
+        self.wait(lambda: self.applied(app) > 0, app, supervisor, stall=120)
+        self.wait(lambda: self.applied(app) >= fraction * self.total(), app, supervisor)
+        time.sleep(self.rng.uniform(0, 0.3))
         self.relay_floor = app.tracked("relay") or 0
         self.dispatch_floor = app.tracked("dispatch:integrations") or 0
+        before = app.ingest_source(topic)
+        incarnation = before.incarnation if before is not None else 0
         process = self.broker.process
         assert process is not None
         os.killpg(process.pid, signal.SIGKILL)
@@ -887,14 +936,60 @@ class Run:
         self.result.faults += 1
         self.relay_floor = max(self.relay_floor, app.tracked("relay") or 0)
         self.dispatch_floor = max(self.dispatch_floor, app.tracked("dispatch:integrations") or 0)
-        second, reported = produce(self.servers, self.topics["clinical"], messages[split:])
-        self.result.count("resent", reported, "clinical sends the producer reported failed")
-        self.broker_ends = second
-        below = sum(min(second.get(p, 0), offset) for p, offset in first.items())
+        stored = self.old_positions(app, supervisor, incarnation)
+        lost = [
+            (message, partition)
+            for (message, _), (partition, offset) in zip(outbox, acked, strict=True)
+            if offset >= stored.get(partition, 0)
+        ]
+        self.result.broker_lost = len(lost)
         self.result.notes.append(
-            f"the recreated topic's offsets start at 0, below the store's positions {first}: "
-            f"{below} of the {sum(second.values())} messages produced since sit below them"
+            f"the broker lost {len(lost)} of the {len(outbox)} sends it had acknowledged "
+            f"(ends {self.ends}) before the store applied them (positions {stored}): "
+            "sent again before the rest"
         )
+        placements, reported = send_outbox(
+            self.servers, topic, [*lost, *outbox_of(messages[split:])]
+        )
+        self.result.count("resent", reported, "clinical sends the producer reported failed")
+        self.ends = ends_of(placements)
+
+    def old_positions(self, app: Any, supervisor: Supervisor, incarnation: int) -> dict[int, int]:
+        """The positions the store applied of the topic the broker lost: final once the
+        worker has bound the new topic (recorded the replacement, or bound it first if
+        it had applied nothing), then checked not to move."""
+        from infra.kafka import TopicIds
+
+        topic = self.topics["clinical"]
+        topic_ids = TopicIds(self.servers)
+        try:
+            identity = topic_ids(topic)
+        finally:
+            topic_ids.close()
+
+        def bound() -> bool:
+            source = app.ingest_source(topic)
+            return (
+                source is not None and identity is not None and source.topic_id == identity.topic_id
+            )
+
+        if not self.wait(bound, app, supervisor, timeout=120, stall=120):
+            self.result.notes.append("the worker did not bind the new topic after the restart")
+        source = app.ingest_source(topic)
+        if source is not None and source.incarnation > incarnation:
+            self.result.notes.append(f"{REPLACEMENT_NOTE} (incarnation {source.incarnation})")
+        last: dict[int, int] | None = None
+
+        def still() -> bool:
+            nonlocal last
+            now = app.ingest_positions(topic, range(PARTITIONS), incarnation=incarnation)
+            settled, last = now == last, now
+            if not settled:
+                time.sleep(1.0)
+            return settled
+
+        self.wait(still, app, supervisor, timeout=60)
+        return app.ingest_positions(topic, range(PARTITIONS), incarnation=incarnation)
 
     # -------------------------------------------------------------- waiting
 
@@ -905,9 +1000,10 @@ class Run:
         supervisor: Supervisor,
         *,
         timeout: float | None = None,
+        stall: float | None = None,
     ) -> bool:
         """Poll ``predicate``, restarting exited services; False after ``timeout`` or
-        once the pipeline has made no progress for ``stall_seconds``."""
+        once the pipeline has made no progress for ``stall`` (``stall_seconds``)."""
         deadline = time.monotonic() + (timeout or self.options.timeout)
         last, since = None, time.monotonic()
         while time.monotonic() < deadline:
@@ -922,7 +1018,7 @@ class Run:
                 state = None
             if state != last:
                 last, since = state, time.monotonic()
-            elif time.monotonic() - since > self.options.stall_seconds:
+            elif time.monotonic() - since > (stall or self.options.stall_seconds):
                 return False
             time.sleep(0.1)
         return False
@@ -956,28 +1052,23 @@ class Run:
         return app.tracked({"monitor": "trial-monitor"}.get(service, service))
 
     def tracked(self, app: Any) -> dict[int, int]:
-        topic = self.topics["clinical"]
-        from infra.store import partition_tracking_name
-
-        return {p: app.tracked(partition_tracking_name(topic, p)) or 0 for p in self.ends}
+        """The store's positions in the inbound topic's current incarnation."""
+        return app.ingest_positions(self.topics["clinical"], self.ends)
 
     def applied(self, app: Any) -> int:
         return sum(self.tracked(app).values())
 
     def ingested(self, app: Any, *, or_committed: bool = False) -> bool:
         """Whether the worker is through the stream: the store applied every message
-        (after a broker restart: the group committed the new topic's ends). With
+        (of the topic's current incarnation, after a broker restart). With
         ``or_committed``, also once the group has committed the ends without the store
         applying them all (nothing more will come: what is missing is lost)."""
-        topic = self.topics["clinical"]
-        if self.kind != "broker":
-            if self.tracked(app) == self.ends:
-                return True
-            if not or_committed:
-                return False
-        ends = self.broker_ends if self.kind == "broker" else self.ends
-        committed = committed_offsets(self.servers, self.group, topic)
-        return all(committed.get(p, 0) >= end for p, end in ends.items())
+        if self.tracked(app) == self.ends:
+            return True
+        if not or_committed:
+            return False
+        committed = committed_offsets(self.servers, self.group, self.topics["clinical"])
+        return all(committed.get(p, 0) >= end for p, end in self.ends.items())
 
     def caught_up(self, app: Any, endpoints: Sequence[Any]) -> bool:
         from services.alerts import ALERTS_TRACKING
@@ -1131,10 +1222,12 @@ class Run:
             self.result.notes.append(
                 f"{gone} derived events published before the broker restart went with it"
             )
+        unpublished = sorted(by_id[e][0] for e in wanted if not published[e])
         self.result.count(
             "lost",
-            sum(1 for event_id in wanted if not published[event_id]),
-            "derived events never published on the safety topic",
+            len(unpublished),
+            f"derived events never published on the safety topic (log positions "
+            f"{unpublished[:10]}; relay floor {self.relay_floor})",
         )
         self.result.count(
             "duplicated",

@@ -4,8 +4,10 @@ Derived safety events go to ``toxwatch.safety.v1`` keyed by participant, rejecte
 messages (kept in the ingest ledger) to ``toxwatch.clinical.v1.rejected`` unchanged,
 with the error in the ``error`` header. The relay tracks its position in the store
 after each flushed batch; each message carries its log position in a header, and on
-start the relay skips what the topics' last messages show was already published, so
-a restart republishes nothing that reached the broker.
+start the relay skips, partition by partition, what each partition's last message
+shows was already published, so a restart republishes nothing that reached the broker
+and passes over nothing that did not (a broker restart can fail the sends to one
+partition while later ones reach the others).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 
 from eventsourcing.persistence import Notification
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.partitioner.default import murmur2
 
 from domain.participant import SafetyEventRecorded
 from domain.records import IngestLedger
@@ -44,16 +47,25 @@ class Relay:
         self.settings = settings
         self.metrics = metrics or Metrics()
         self.position = application.tracked(RELAY_NAME) or 0
+        #: While catching up after a restart: (topic, partition) -> the log position
+        #: of the last message that partition holds.
+        self.published: dict[tuple[str, int], int] = {}
 
     def reconcile(self, bootstrap_servers: str) -> None:
-        """Skip past what the output topics show was already published."""
-        published = last_published_position(
+        """Find what the output topics show was already published past the store's
+        position: until the relay has caught up with it, each message that its
+        partition already holds is skipped."""
+        published = last_published_positions(
             bootstrap_servers, [self.settings.safety_topic, self.settings.rejected_topic]
         )
-        if published > self.position:
-            log.info("relay resumes after %d (store said %d)", published, self.position)
-            self.app.record_tracking(RELAY_NAME, published)
-            self.position = published
+        ahead = max(published.values(), default=0)
+        if ahead > self.position:
+            log.info(
+                "relay resumes after %d, skipping what each partition holds (up to %d)",
+                self.position,
+                ahead,
+            )
+            self.published = published
 
     def run_once(self) -> int:
         notifications = self.app.safety_notifications(
@@ -62,6 +74,8 @@ class Relay:
         if not notifications:
             return 0
         sent = self._publish(notifications)
+        if self.published and notifications[-1].id >= max(self.published.values()):
+            self.published = {}  # caught up
         self.producer.flush()
         for future in sent:
             # flush() does not raise for a record the broker refused: each send's
@@ -81,27 +95,39 @@ class Relay:
             if isinstance(event, SafetyEventRecorded):
                 safety = event.to_contract()
                 topic = self.settings.safety_topic
+                key = safety.participant_id.encode()
                 value = json.dumps(safety.to_wire(), separators=(",", ":")).encode()
-                future = self.producer.send(
-                    topic, key=safety.participant_id.encode(), value=value, headers=headers
-                )
             elif isinstance(event, IngestLedger.MessageRejected):
                 topic = self.settings.rejected_topic
                 headers += [
                     ("error", json.dumps(event.error).encode()),
                     ("source", f"{event.topic}:{event.partition}:{event.offset}".encode()),
                 ]
-                future = self.producer.send(
-                    topic,
-                    key=_decode(event.key_b64),
-                    value=_decode(event.value_b64),
-                    headers=headers,
-                )
+                key, value = _decode(event.key_b64), _decode(event.value_b64)
             else:
                 continue
+            partition = self._partition(topic, key, notification.id)
+            if partition is not None and self.published.get((topic, partition), 0) >= (
+                notification.id
+            ):
+                continue  # that partition holds it already
+            future = self.producer.send(
+                topic, key=key, value=value, headers=headers, partition=partition
+            )
             sent.append(future)
             self.metrics.relayed.labels(topic).inc()
         return sent
+
+    def _partition(self, topic: str, key: bytes | None, position: int) -> int | None:
+        """The partition of a message: its key's, as the producer's default partitioner
+        picks it (given only while catching up), else one chosen by its log position
+        (never at random: where it went must be known to catch up after a restart)."""
+        if key is not None and not self.published:
+            return None
+        partitions = sorted(self.producer.partitions_for(topic))
+        if key is None:
+            return partitions[position % len(partitions)]
+        return partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)]
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
@@ -113,7 +139,9 @@ def _decode(encoded: str | None) -> bytes | None:
     return base64.b64decode(encoded) if encoded is not None else None
 
 
-def last_published_position(bootstrap_servers: str, topics: Sequence[str]) -> int:
+def last_published_positions(
+    bootstrap_servers: str, topics: Sequence[str]
+) -> dict[tuple[str, int], int]:
     """The highest log position in the tail of each partition of ``topics``.
 
     Reads from just before each partition's reported end to the real end (some
@@ -122,7 +150,7 @@ def last_published_position(bootstrap_servers: str, topics: Sequence[str]) -> in
     """
     consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False)
     try:
-        best = 0
+        best: dict[tuple[str, int], int] = {}
         for topic in topics:
             tps = [
                 TopicPartition(topic, p)
@@ -139,11 +167,12 @@ def last_published_position(bootstrap_servers: str, topics: Sequence[str]) -> in
             while empty_polls < 2:
                 polled = consumer.poll(timeout_ms=500)
                 empty_polls = 0 if polled else empty_polls + 1
-                for records in polled.values():
+                for tp, records in polled.items():
                     for record in records:
                         for name, value in record.headers or []:
                             if name == POSITION_HEADER:
-                                best = max(best, int(value))
+                                key = (tp.topic, tp.partition)
+                                best[key] = max(best.get(key, 0), int(value))
         return best
     finally:
         consumer.close()

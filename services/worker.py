@@ -3,6 +3,11 @@
 faust consumes at-least-once; each batch is applied with ``SafetyMonitoring.apply_batch``
 (new domain events and the partitions' positions in one transaction) before faust
 acknowledges it, so a redelivered message is skipped by its tracked offset.
+
+The inbound topic's id is checked when partitions are assigned and whenever a batch
+would skip a message as already applied: a topic deleted and recreated (or lost with
+the broker's data) is recorded as replaced and applied afresh from offset 0
+(``services.ingest_sources``).
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
@@ -18,14 +24,19 @@ import faust
 from faust.transport.drivers import aiokafka as faust_kafka
 from faust.types import TP
 
+from infra.kafka import TopicIds
 from infra.metrics import Metrics
 from infra.settings import Settings
 from services.application import STORE_ERRORS, BatchOutcome, InboundMessage, SafetyMonitoring
+from services.ingest_sources import SourceCheck, SourceUnavailable
 
 log = logging.getLogger(__name__)
 MAX_STORE_BACKOFF_S = 5.0
 #: Tries of a batch the store refuses before the process exits (about 10 s).
 STORE_ATTEMPTS = 6
+#: Failures a batch waits out (with backoff) before the process gives up: the store's,
+#: and the inbound topic's id that cannot be looked up while it must be checked.
+RETRIED_ERRORS: tuple[type[BaseException], ...] = (*STORE_ERRORS, SourceUnavailable)
 
 
 def record_outcome(metrics: Metrics, outcome: BatchOutcome, size: int) -> None:
@@ -41,6 +52,16 @@ def record_outcome(metrics: Metrics, outcome: BatchOutcome, size: int) -> None:
             metrics.crs_grades.labels(event.dose_level or "unknown", str(event.data["grade"])).inc()
     metrics.batch_size.observe(size)
     metrics.commit_seconds.observe(outcome.commit_seconds)
+    for check in outcome.source_checks:
+        record_source_check(metrics, check)
+
+
+def record_source_check(metrics: Metrics, check: SourceCheck) -> None:
+    metrics.topic_incarnation.labels(check.topic).set(check.incarnation)
+    # The series exists (at 0) from the first check, so a rate sees the first increase.
+    replacements = metrics.topic_replacements.labels(check.topic)
+    if check.outcome == "replaced":
+        replacements.inc()
 
 
 class _ConsumerThread(faust_kafka.AIOKafkaConsumerThread):
@@ -58,8 +79,14 @@ class _ConsumerThread(faust_kafka.AIOKafkaConsumerThread):
         return consumer
 
 
-def _transport(app: faust.App, fetch_max_wait_ms: int) -> Any:
-    """faust's Kafka transport, its consumer using :class:`_ConsumerThread`."""
+#: Given the consumer and the committed offsets it sought to, seeks where it must
+#: resume instead and returns the offsets it resumes from.
+Align = Callable[[Any, Mapping[TP, int]], Awaitable[Mapping[TP, int]]]
+
+
+def _transport(app: faust.App, fetch_max_wait_ms: int, align: Align) -> Any:
+    """faust's Kafka transport, its consumer using :class:`_ConsumerThread` and
+    resuming, after each assignment, where ``align`` says."""
 
     class ConsumerThread(_ConsumerThread):
         pass
@@ -69,6 +96,11 @@ def _transport(app: faust.App, fetch_max_wait_ms: int) -> Any:
     class Consumer(faust_kafka.Consumer):
         def _new_consumer_thread(self) -> Any:
             return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+        async def seek_to_committed(self) -> Mapping[TP, int]:
+            # faust seeks to the committed offsets after every assignment (and while
+            # its flow is stopped): the store gets the last word.
+            return await align(self, await super().seek_to_committed())
 
     class Transport(faust_kafka.Transport):
         pass
@@ -99,7 +131,38 @@ def create_faust_app(
         # A batch whose agent raised must not count as processed (nor its offsets).
         stream_ack_exceptions=False,
     )
-    app.transport = _transport(app, settings.fetch_max_wait_ms)
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+
+    async def align(consumer: Any, committed: Mapping[TP, int]) -> Mapping[TP, int]:
+        """Resume the inbound topic's partitions at the store's positions where the
+        committed offsets are past them (its id checked first): offsets committed for a
+        topic since replaced, or a store restored from a backup, would otherwise skip
+        messages the store never applied."""
+        tps = sorted(tp for tp in consumer.assignment() if tp.topic == settings.clinical_topic)
+        if not tps:
+            return committed
+        loop = asyncio.get_running_loop()
+        positions, check = await _resume_positions(loop, executor, application, tps)
+        if check is not None:
+            record_source_check(metrics, check)
+        aligned = dict(committed)
+        behind = {
+            tp: positions[tp.partition]
+            for tp in tps
+            if (committed.get(tp) or 0) > positions[tp.partition]
+        }
+        if behind:
+            log.warning(
+                "the committed offsets of %s are past the store's positions %s: resuming "
+                "from the store's",
+                settings.clinical_topic,
+                {tp.partition: (committed.get(tp), offset) for tp, offset in behind.items()},
+            )
+            await consumer.seek_wait(behind)
+            aligned.update(behind)
+        return aligned
+
+    app.transport = _transport(app, settings.fetch_max_wait_ms, align)
     topic = app.topic(
         settings.clinical_topic,
         key_type=bytes,
@@ -108,7 +171,13 @@ def create_faust_app(
         value_serializer="raw",
         partitions=settings.partitions,
     )
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+
+    @app.on_partitions_assigned.connect
+    async def sources_assigned(sender: Any, assigned: set[TP], **kwargs: Any) -> None:
+        """A rebalance (a broker restart or a recreated topic makes one): the topic's id
+        is checked again before anything is applied (``align`` checks it when faust
+        seeks; else the next batch does)."""
+        application.sources_assigned({tp.topic for tp in assigned})
 
     @app.agent(topic, name="ingest")
     async def ingest(stream: Any) -> None:
@@ -130,7 +199,7 @@ def create_faust_app(
             ]
             outcome = await _apply_until_stored(loop, executor, application, messages)
             record_outcome(metrics, outcome, len(messages))
-            _record_lag(app, metrics, messages)
+            _record_lag(app, metrics, outcome)
             if outcome.rejected:
                 log.info(
                     "rejected %d message(s): %s", outcome.rejected, dict(outcome.rejected_by_code)
@@ -139,20 +208,48 @@ def create_faust_app(
     return app
 
 
-def _record_lag(app: faust.App, metrics: Metrics, messages: list[InboundMessage]) -> None:
+def _record_lag(app: faust.App, metrics: Metrics, outcome: BatchOutcome) -> None:
     """Consumer lag per partition after a batch: the partition's high watermark less
-    the next offset to apply (unknown high watermarks are left as they were)."""
-    last: dict[tuple[str, int], int] = {}
-    for message in messages:
-        last[(message.topic, message.partition)] = message.offset
-    for (topic, partition), offset in last.items():
+    the next offset to apply in the topic's current incarnation (unknown high
+    watermarks are left as they were)."""
+    for (topic, partition), position in outcome.positions.items():
         try:
             highwater = app.consumer.highwater(TP(topic, partition))
         except Exception:  # not assigned any more, or not known yet
             continue
         if highwater is not None:
-            lag = max(highwater - (offset + 1), 0)
+            lag = max(highwater - position, 0)
             metrics.consumer_lag.labels(str(partition)).set(lag)
+
+
+async def _resume_positions(
+    loop: asyncio.AbstractEventLoop,
+    executor: ThreadPoolExecutor,
+    application: SafetyMonitoring,
+    tps: Sequence[TP],
+) -> tuple[dict[int, int], SourceCheck | None]:
+    """The store's positions of the inbound topic (``resume_positions``), its id checked
+    first. If the id cannot be checked for a while, the process exits: consuming
+    without knowing which topic the positions belong to could skip messages."""
+    topic = tps[0].topic
+    partitions = [tp.partition for tp in tps]
+    delay = 0.2
+    for attempt in range(1, STORE_ATTEMPTS + 1):
+        try:
+            return await loop.run_in_executor(
+                executor, application.resume_positions, topic, partitions, datetime.now(UTC)
+            )
+        except RETRIED_ERRORS as error:
+            if attempt == STORE_ATTEMPTS:
+                log.critical(
+                    "resuming %s failed %d times (%s): exiting", topic, attempt, _reason(error)
+                )
+                logging.shutdown()
+                os._exit(75)
+            log.error("resuming %s failed (%s); retrying in %.1f s", topic, _reason(error), delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, MAX_STORE_BACKOFF_S)
+    raise AssertionError("unreachable")
 
 
 def _apply(application: SafetyMonitoring, messages: list[InboundMessage]) -> BatchOutcome:
@@ -166,34 +263,34 @@ async def _apply_until_stored(
     messages: list[InboundMessage],
 ) -> BatchOutcome:
     """Apply a batch until the store takes it: a store failure (lost connection, full
-    or read-only disk) is waited out with backoff and never skipped (faust would
-    commit the batch's offsets once the agent moved on); if it lasts, and on any other
-    failure (a defect this process cannot contain), the process exits without
-    committing, and its successor (restarted by its supervisor) resumes from the
-    store's positions."""
+    or read-only disk), or an inbound topic whose id must be checked and cannot be, is
+    waited out with backoff and never skipped (faust would commit the batch's offsets
+    once the agent moved on); if it lasts, and on any other failure (a defect this
+    process cannot contain), the process exits without committing, and its successor
+    (restarted by its supervisor) resumes from the store's positions."""
     delay = 0.2
     for attempt in range(1, STORE_ATTEMPTS + 1):
         try:
             return await loop.run_in_executor(executor, _apply, application, messages)
-        except STORE_ERRORS as error:
+        except RETRIED_ERRORS as error:
             first = messages[0]
             if attempt == STORE_ATTEMPTS:
                 # A connection can stay broken after the store recovers (SQLite after a
                 # failed write): a fresh process reconnects and resumes from the store.
                 log.critical(
-                    "the store refused a batch %d times (%s): exiting to reconnect",
+                    "a batch could not be applied %d times (%s): exiting to reconnect",
                     attempt,
-                    type(error).__name__,
+                    _reason(error),
                 )
                 logging.shutdown()
                 os._exit(75)
             log.error(
-                "the store refused a batch of %d from %s#%d@%d (%s); retrying in %.1f s",
+                "a batch of %d from %s#%d@%d could not be applied (%s); retrying in %.1f s",
                 len(messages),
                 first.topic,
                 first.partition,
                 first.offset,
-                type(error).__name__,
+                _reason(error),
                 delay,
             )
             await asyncio.sleep(delay)
@@ -205,10 +302,19 @@ async def _apply_until_stored(
     raise AssertionError("unreachable")
 
 
+def _reason(error: BaseException) -> str:
+    """Why a batch failed, for the log: the store's errors by type only (their text
+    can quote stored values)."""
+    if isinstance(error, SourceUnavailable):
+        return str(error)
+    return type(error).__name__
+
+
 def run_worker(
     settings: Settings, bootstrap_servers: str, application: SafetyMonitoring, metrics: Metrics
 ) -> None:
     """Run the faust worker until it is stopped (SIGINT/SIGTERM)."""
+    application.topic_ids = TopicIds(bootstrap_servers)
     app = create_faust_app(settings, bootstrap_servers, application, metrics)
     # Logging is the process's own (services.logs), JSON in production.
     worker = faust.Worker(app, quiet=True, override_logging=False)

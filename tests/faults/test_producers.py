@@ -133,3 +133,54 @@ def test_kafka_alert_channel_replaces_a_producer_that_failed_fatally(
         pytest.fail(f"the retry reused the failed producer: {failure}")
     assert receipt.idempotency_key == alert.event_id
     assert len(made) == 2 and made[0].closed
+
+
+class _PartitionedProducer(_Producer):
+    """Accepts every send and keeps where it went (4 partitions)."""
+
+    def __init__(self) -> None:
+        super().__init__(fatal=False)
+        self.sends: list[tuple[str, int | None, bytes | None]] = []
+
+    def partitions_for(self, topic: str) -> set[int]:
+        return {0, 1, 2, 3}
+
+    def send(self, topic: str, **kwargs: Any) -> _Future:
+        self.sends.append((topic, kwargs.get("partition"), kwargs.get("key")))
+        return super().send(topic, **kwargs)
+
+
+def test_a_restarted_relay_publishes_what_one_partition_lacks_though_others_are_ahead() -> None:
+    """A broker restart failed the sends to one partition while later events reached
+    the others: the relay, restarted, must skip per partition what each holds, not
+    everything below the highest position any holds."""
+    from kafka.partitioner.default import murmur2
+
+    app, _ = _application_with_derived_events()
+    try:
+        settings = Settings()
+        derived = [
+            (n.id, app.mapper.to_domain_event(n).to_contract().participant_id.encode())
+            for n in app.safety_notifications(0, 10_000)
+        ]
+        partition_of = {key: (murmur2(key) & 0x7FFFFFFF) % 4 for _, key in derived}
+        failed = partition_of[derived[0][1]]  # the first event's partition lost its sends
+        last = derived[-1][0]
+        held = {(settings.safety_topic, p): last for p in range(4) if p != failed}
+        assert held, "the cohort should span several partitions"
+        producer = _PartitionedProducer()
+        relay = Relay(app, producer, settings)
+        relay.published = held  # what ``reconcile`` reads from the topics' tails
+
+        while relay.run_once():
+            pass
+
+        resent = sorted(position for position, key in derived if partition_of[key] == failed)
+        assert [key for _, _, key in producer.sends] == [
+            key for _, key in derived if partition_of[key] == failed
+        ]
+        assert {p for _, p, _ in producer.sends} == {failed}
+        assert resent and (app.tracked(RELAY_NAME) or 0) >= last
+        assert relay.published == {}, "caught up"
+    finally:
+        app.close()

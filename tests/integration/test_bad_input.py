@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from infra.store import partition_tracking_name
 from services.offline import in_memory_application
 from services.simulator import CohortSpec, SimulatedMessage, malformed_examples, simulate_cohort
 from tests.conftest import Kafka, Record, Services, Store, Topics, next_offsets
@@ -211,10 +210,7 @@ def test_malformed_messages_are_rejected_unchanged_and_valid_ones_applied(
     application = store.open()
     try:
         assert wait_until(
-            lambda: all(
-                application.tracked(partition_tracking_name(fresh_topics.clinical, p)) == offset
-                for p, offset in ends.items()
-            ),
+            lambda: application.ingest_positions(fresh_topics.clinical, ends) == ends,
             timeout=10,
         )
         assert recorded_event_ids(application, participants) == expected_records

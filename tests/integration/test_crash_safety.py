@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from infra.store import partition_tracking_name
 from services.offline import in_memory_application
 from services.simulator import CohortSpec, simulate_cohort
 from tests.conftest import Kafka, Service, Services, Store, Topics, next_offsets
@@ -113,8 +112,7 @@ def test_worker_killed_mid_stream_records_and_publishes_everything_exactly_once(
         total = sum(ends.values())
 
         def tracked() -> dict[int, int]:
-            names = {p: partition_tracking_name(fresh_topics.clinical, p) for p in ends}
-            return {p: application.tracked(name) or 0 for p, name in names.items()}
+            return application.ingest_positions(fresh_topics.clinical, ends)
 
         def committed() -> dict[int, int]:
             return committed_offsets(broker, fresh_topics)

@@ -16,7 +16,6 @@ import pytest
 from eventsourcing.utils import get_topic
 
 from domain.participant import Participant
-from infra.store import partition_tracking_name
 from services.api import ReadModels
 from services.offline import in_memory_application, process_lines
 from services.simulator import CohortSpec, simulate_cohort
@@ -49,10 +48,7 @@ def test_every_process_stops_cleanly_on_sigterm_mid_stream_and_loses_nothing(
     try:
 
         def applied() -> int:
-            return sum(
-                application.tracked(partition_tracking_name(fresh_topics.clinical, p)) or 0
-                for p in ends
-            )
+            return sum(application.ingest_positions(fresh_topics.clinical, ends).values())
 
         assert wait_until(lambda: applied() >= total // 3, timeout=300), services.logs()
         assert applied() < total, "the stream should still be flowing"

@@ -67,6 +67,8 @@ PIPELINE_METRICS = {
     "toxwatch_alert_dispatch_failures_total",
     "toxwatch_relay_position",
     "toxwatch_consumer_lag_messages",
+    "toxwatch_ingest_topic_replacements_total",
+    "toxwatch_ingest_topic_incarnation",
     "toxwatch_follower_entries_total",
     "toxwatch_follower_last_pass_timestamp_seconds",
 }

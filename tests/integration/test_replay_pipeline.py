@@ -21,7 +21,6 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from infra.store import partition_tracking_name
 from services.alerts import acknowledge
 from services.api import ReadModels
 from services.simulator import CohortSpec, simulate_cohort
@@ -79,10 +78,8 @@ def test_a_full_cohort_replays_identically(
         ends: dict[int, int] = {}
 
         def applied() -> bool:
-            return all(
-                (application.tracked(partition_tracking_name(fresh_topics.clinical, p)) or 0) >= end
-                for p, end in ends.items()
-            )
+            positions = application.ingest_positions(fresh_topics.clinical, ends)
+            return all(positions[p] >= end for p, end in ends.items())
 
         def settled() -> bool:
             lag = ReadModels(application).lag()

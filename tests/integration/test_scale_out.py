@@ -29,7 +29,6 @@ from typing import Any
 
 import pytest
 
-from infra.store import partition_tracking_name
 from services.application import REJECTION_TOPIC
 from services.offline import in_memory_application
 from services.simulator import CohortSpec, simulate_cohort
@@ -160,10 +159,7 @@ def test_workers_joining_and_dying_mid_stream_apply_each_event_once_in_order(
             total = sum(ends.values())
 
             def tracked() -> dict[int, int]:
-                return {
-                    p: application.tracked(partition_tracking_name(topics.clinical, p)) or 0
-                    for p in ends
-                }
+                return application.ingest_positions(topics.clinical, ends)
 
             def applied() -> int:
                 count = sum(tracked().values())
