@@ -532,9 +532,28 @@ def protocol_activate(
     )
 
 
+def _programme(participants: int, days: int, tick_hours: float | None, prefix: str) -> Any:
+    from services.bench_harness import Programme
+
+    return Programme(
+        participants=participants, follow_up_days=days, tick_hours=tick_hours, trial_prefix=prefix
+    )
+
+
+def _stores(store: str) -> list[str]:
+    return ["sqlite", "postgres"] if store == "both" else [store]
+
+
+_TICK_HELP = "Hours between clock ticks of a trial (default: as the 90-day simulation)."
+
+
 @bench_app.command("ingest")
 def bench_ingest(
-    events: Annotated[int, typer.Option(help="Messages per run.")] = 20_000,
+    participants: Annotated[
+        int, typer.Option(help="Simulated participants (trials of 42; the issue: 2,000).")
+    ] = 200,
+    days: Annotated[int, typer.Option(help="Follow-up days after infusion per participant.")] = 1,
+    tick_hours: Annotated[float | None, typer.Option(help=_TICK_HELP)] = None,
     store: Annotated[str, typer.Option(help="sqlite, postgres or both.")] = "both",
     runs: Annotated[int, typer.Option(help="Runs per measurement (the median is reported).")] = 3,
     out: Annotated[Path | None, typer.Option(help="Write the results as JSON.")] = None,
@@ -542,8 +561,12 @@ def bench_ingest(
     """Sustained events/s of the full ingest path next to a bare kafka-python consume."""
     from services.bench import run_ingest_bench
 
-    stores = ["sqlite", "postgres"] if store == "both" else [store]
-    run_ingest_bench(events=events, stores=stores, runs=runs, out=out)
+    run_ingest_bench(
+        programme=_programme(participants, days, tick_hours, "BENCH"),
+        stores=_stores(store),
+        runs=runs,
+        out=out,
+    )
 
 
 @bench_app.command("replay")
