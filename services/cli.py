@@ -590,6 +590,7 @@ def bench_alerts(
     ] = None,
     seconds: Annotated[float, typer.Option(help="Load duration per rate.")] = 20.0,
     probes_per_s: Annotated[float, typer.Option(help="Alert-raising probes per second.")] = 2.0,
+    runs: Annotated[int, typer.Option(help="Runs per rate (medians are reported).")] = 1,
     out: Annotated[Path | None, typer.Option(help="Write the results as JSON.")] = None,
     keep: Annotated[Path | None, typer.Option(help="Keep each run's store in this folder.")] = None,
 ) -> None:
@@ -600,6 +601,7 @@ def bench_alerts(
         rates=rates or [100, 1000],
         seconds=seconds,
         probes_per_s=probes_per_s,
+        runs=runs,
         out=out,
         keep=keep,
     )
