@@ -607,6 +607,32 @@ def bench_alerts(
     )
 
 
+def _counts(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    return [int(part.replace("_", "")) for part in text.split(",") if part.strip()]
+
+
+@bench_app.command("memory")
+def bench_memory(
+    events: Annotated[int, typer.Option(help="Messages the worker applies.")] = 1_000_000,
+    checkpoints: Annotated[
+        str | None,
+        typer.Option(help="Applied counts to sample RSS at, comma-separated (default: tenths)."),
+    ] = None,
+    days: Annotated[int, typer.Option(help="Follow-up days after infusion.")] = 90,
+    store: Annotated[str, typer.Option(help="sqlite or postgres.")] = "sqlite",
+    out: Annotated[Path | None, typer.Option(help="Write the results as JSON.")] = None,
+) -> None:
+    """The worker's resident memory at checkpoints of messages applied (issue 9: flat
+    within 20 % from 100,000 to 1,000,000)."""
+    from services.bench_memory import run_memory_bench
+
+    run_memory_bench(
+        events=events, checkpoints=_counts(checkpoints), days=days, store=store, out=out
+    )
+
+
 audit_app = typer.Typer(
     no_args_is_help=True, help="Tamper evidence: hash chain, signed checkpoints."
 )
