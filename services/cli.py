@@ -633,6 +633,28 @@ def bench_memory(
     )
 
 
+@bench_app.command("scaling")
+def bench_scaling(
+    participants: Annotated[int, typer.Option(help="Simulated participants.")] = 100,
+    days: Annotated[int, typer.Option(help="Follow-up days after infusion.")] = 1,
+    tick_hours: Annotated[float | None, typer.Option(help=_TICK_HELP)] = None,
+    workers: Annotated[int, typer.Option(help="Workers of the second pass.")] = 3,
+    runs: Annotated[int, typer.Option(help="Runs (the median is reported).")] = 1,
+    store: Annotated[str, typer.Option(help="postgres or sqlite.")] = "postgres",
+    out: Annotated[Path | None, typer.Option(help="Write the results as JSON.")] = None,
+) -> None:
+    """Throughput of 1 worker, then of several in one group, on an 8-partition topic."""
+    from services.bench_scaling import run_scaling_bench
+
+    run_scaling_bench(
+        programme=_programme(participants, days, tick_hours, "SCALE"),
+        workers=workers,
+        runs=runs,
+        store=store,
+        out=out,
+    )
+
+
 audit_app = typer.Typer(
     no_args_is_help=True, help="Tamper evidence: hash chain, signed checkpoints."
 )
