@@ -655,6 +655,65 @@ def bench_scaling(
     )
 
 
+@bench_app.command("all")
+def bench_all(
+    preset: Annotated[
+        str, typer.Option(help="Sizes: quick (a smoke run), moderate or issue (the issue's).")
+    ] = "moderate",
+    quick: Annotated[bool, typer.Option("--quick", help="The quick preset.")] = False,
+    runs: Annotated[int | None, typer.Option(help="Runs per measurement (medians).")] = None,
+    participants: Annotated[int | None, typer.Option(help="Ingest participants.")] = None,
+    days: Annotated[int | None, typer.Option(help="Ingest follow-up days.")] = None,
+    store: Annotated[str, typer.Option(help="Ingest stores: sqlite, postgres or both.")] = "both",
+    replay_participants: Annotated[int | None, typer.Option(help="Replay participants.")] = None,
+    memory_events: Annotated[int | None, typer.Option(help="Memory: messages applied.")] = None,
+    memory_checkpoints: Annotated[
+        str | None, typer.Option(help="Memory: RSS checkpoints, comma-separated.")
+    ] = None,
+    scaling_participants: Annotated[int | None, typer.Option(help="Scaling: participants.")] = None,
+    skip: Annotated[
+        list[str] | None,
+        typer.Option(help="Leave out a part: ingest, alerts, replay, scaling, memory (repeat)."),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="JSON file (default bench-results/<time>-<commit>.json).")
+    ] = None,
+) -> None:
+    """Every issue-9 target: measured, baseline, ratio, required, met; one table, one JSON."""
+    from dataclasses import replace
+
+    from services.bench_suite import PARTS, PRESETS, run_suite
+
+    name = "quick" if quick else preset
+    if name not in PRESETS:
+        raise typer.BadParameter(f"preset must be one of {', '.join(PRESETS)}")
+    unknown = set(skip or []) - set(PARTS)
+    if unknown:
+        raise typer.BadParameter(f"unknown part(s): {', '.join(sorted(unknown))}")
+    options = PRESETS[name]
+    ingest = replace(
+        options.ingest,
+        participants=participants or options.ingest.participants,
+        follow_up_days=days or options.ingest.follow_up_days,
+    )
+    scaling = replace(
+        options.scaling, participants=scaling_participants or options.scaling.participants
+    )
+    checkpoints = _counts(memory_checkpoints)
+    options = replace(
+        options,
+        runs=runs or options.runs,
+        ingest=ingest,
+        stores=_stores(store),
+        replay_participants=replay_participants or options.replay_participants,
+        memory_events=memory_events or (checkpoints[-1] if checkpoints else options.memory_events),
+        memory_checkpoints=checkpoints or options.memory_checkpoints,
+        scaling=scaling,
+        skip=list(skip or []),
+    )
+    run_suite(options, out)
+
+
 audit_app = typer.Typer(
     no_args_is_help=True, help="Tamper evidence: hash chain, signed checkpoints."
 )
