@@ -66,7 +66,8 @@ SAMPLE = 5
 
 @dataclass
 class Footprint:
-    """Aggregates loaded from the store: mean timeline entries and pickled bytes."""
+    """Participants loaded from the store (those applied yet of the sample: partitions
+    progress unevenly): mean timeline entries and pickled bytes."""
 
     participants: int
     entries_mean: float
@@ -286,14 +287,16 @@ def memory_table(result: MemoryResult) -> Table:
         "RSS MiB",
         "ev/s",
         "participants",
-        "first: entries / KiB",
-        "last: entries / KiB",
+        "first: entries / KiB (n)",
+        "last: entries / KiB (n)",
         "roster members / KiB",
     ):
         table.add_column(column, justify="right")
 
     def footprint(f: Footprint | None) -> str:
-        return "-" if f is None else f"{f.entries_mean:,.0f} / {f.pickled_bytes_mean / 1024:,.0f}"
+        if f is None:
+            return "-"
+        return f"{f.entries_mean:,.0f} / {f.pickled_bytes_mean / 1024:,.0f} ({f.participants})"
 
     for c in result.checkpoints:
         table.add_row(
