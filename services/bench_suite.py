@@ -180,7 +180,9 @@ def _ingest_targets(report: Any, options: SuiteOptions) -> list[Target]:
     return targets
 
 
-def _latency_target(result: Any, ident: str, title: str, limit_ms: float) -> Target:
+def _latency_target(
+    result: Any, ident: str, title: str, limit_ms: float, at_issue_scale: bool
+) -> Target:
     complete = result.delivered == result.probes and result.probes > 0
     loaded = result.achieved_rate_per_s >= 0.9 * result.rate_per_s
     notes = []
@@ -202,7 +204,7 @@ def _latency_target(result: Any, ident: str, title: str, limit_ms: float) -> Tar
             f"{result.rate_per_s:,} ev/s background, {result.probes} probes, "
             f"median of {result.runs}; baseline: bare Kafka p99"
         ),
-        at_issue_scale=True,
+        at_issue_scale=at_issue_scale,
         note="; ".join(notes),
     )
 
@@ -360,7 +362,11 @@ def _alerts(
     }
     targets = [
         _latency_target(
-            measured[0], "latency.1000", f"alert p99 at {options.alert_rate:,} ev/s", 500
+            measured[0],
+            "latency.1000",
+            f"alert p99 at {options.alert_rate:,} ev/s",
+            500,
+            at_issue_scale=options.alert_rate >= ISSUE_LATENCY_RATE,
         )
     ]
     if maximum:
@@ -371,6 +377,7 @@ def _alerts(
                 "latency.80pct",
                 f"alert p99 at {percent} % of max ({rates[1]:,} ev/s)",
                 2000,
+                at_issue_scale=True,
             )
         )
     else:
