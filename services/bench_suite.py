@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from services.bench_harness import Programme, git_commit, machine, now_stamp
@@ -453,18 +454,18 @@ def suite_table(result: SuiteResult) -> Table:
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
     for t in result.targets:
         met = "-" if t.met is None else "yes" if t.met else "no"
-        scale = t.scale + ("" if t.at_issue_scale in (None, True) else " [below issue scale]")
+        scale = t.scale + ("" if t.at_issue_scale in (None, True) else "; BELOW THE ISSUE'S SCALE")
         if t.note:
             scale += f"; {t.note}"
         if t.error:
             scale = f"error: {t.error}"
         table.add_row(
-            t.target,
+            escape(t.target),
             _figure(t.measured, t.unit),
             _figure(t.baseline, t.unit),
             "-" if t.ratio is None else f"{t.ratio:.2f}",
             t.required,
             met,
-            scale,
+            escape(scale),
         )
     return table
