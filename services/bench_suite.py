@@ -469,3 +469,33 @@ def suite_table(result: SuiteResult) -> Table:
             escape(scale),
         )
     return table
+
+
+def load_result(path: Path) -> SuiteResult:
+    """A result written by :func:`run_suite`."""
+    data = json.loads(path.read_text())
+    targets = [Target(**t) for t in data.pop("targets")]
+    return SuiteResult(**data, targets=targets)
+
+
+def comparison_table(old: SuiteResult, new: SuiteResult) -> Table:
+    """Target by target: the measured figure and the ratio of each result."""
+    table = Table(title=f"toxwatch bench: commit {old.commit} → {new.commit}")
+    for column in ("target", "measured", "ratio", "required", "met"):
+        table.add_column(column, justify="left" if column == "target" else "right")
+    before = {t.id: t for t in old.targets}
+    for t in new.targets:
+        was = before.get(t.id, Target(t.id, t.target, t.unit, t.required))
+
+        def met(x: Target) -> str:
+            return "-" if x.met is None else "yes" if x.met else "no"
+
+        table.add_row(
+            escape(t.target),
+            f"{_figure(was.measured, t.unit)} → {_figure(t.measured, t.unit)}",
+            f"{'-' if was.ratio is None else f'{was.ratio:.2f}'} → "
+            f"{'-' if t.ratio is None else f'{t.ratio:.2f}'}",
+            t.required,
+            f"{met(was)} → {met(t)}",
+        )
+    return table

@@ -714,6 +714,22 @@ def bench_all(
     run_suite(options, out)
 
 
+@bench_app.command("show")
+def bench_show(
+    results: Annotated[list[Path], typer.Argument(help="One result, or two to compare.")],
+) -> None:
+    """Print a result of `toxwatch bench all`, or compare two (older first)."""
+    from rich.console import Console
+
+    from services.bench_suite import comparison_table, load_result, suite_table
+
+    if len(results) > 2:
+        raise typer.BadParameter("one result, or two to compare")
+    loaded = [load_result(path) for path in results]
+    table = suite_table(loaded[0]) if len(loaded) == 1 else comparison_table(*loaded)
+    Console(width=160).print(table)
+
+
 audit_app = typer.Typer(
     no_args_is_help=True, help="Tamper evidence: hash chain, signed checkpoints."
 )

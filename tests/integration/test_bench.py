@@ -1,5 +1,6 @@
 """``toxwatch bench all --quick`` (issue 9): every target lands in the JSON with what
-was measured, the same run's baseline, the ratio and whether it is met.
+was measured, the same run's baseline, the ratio and whether it is met; ``toxwatch
+bench show`` compares two results.
 
 The sizes are a smoke run's; no figure is compared with a target here (performance
 is never asserted in tests, the machine is shared): only that each was measured.
@@ -63,3 +64,13 @@ def test_bench_all_quick_writes_every_target_with_its_baseline_and_verdict(
     assert report["commit"]
     assert {"ingest", "alerts", "replay", "scaling", "memory"} <= set(report["details"])
     assert "measured" in completed.stdout and "baseline" in completed.stdout
+
+    shown = subprocess.run(
+        [toxwatch_executable(), "bench", "show", str(out), str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "→" in shown.stdout and "ratio" in shown.stdout
