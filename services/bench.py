@@ -214,7 +214,7 @@ def run_ingest_bench(
     console: Console | None = None,
 ) -> IngestReport:
     """``servers``: an already running broker, else an embedded one for this bench."""
-    console = console or Console()
+    console = console or Console(width=140)
     messages, mix = programme_messages(programme, progress=console.print)
     console.print(
         f"ingest: {mix.participants:,} participants, {mix.clinical_events:,} clinical events, "

@@ -201,7 +201,7 @@ def run_memory_bench(
     out: Path | None = None,
     console: Console | None = None,
 ) -> MemoryResult:
-    console = console or Console()
+    console = console or Console(width=140)
     points = sorted(set(checkpoints or default_checkpoints(events)))
     if points[-1] > events:
         raise ValueError("a checkpoint is beyond --events")

@@ -193,7 +193,7 @@ def run_scaling_bench(
     out: Path | None = None,
     console: Console | None = None,
 ) -> tuple[ScalingResult, Mix]:
-    console = console or Console()
+    console = console or Console(width=140)
     messages, mix = programme_messages(programme, progress=console.print)
     one: list[Pass] = []
     many: list[Pass] = []
