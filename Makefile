@@ -30,7 +30,7 @@ test: check
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)
-	$(BIN)/toxwatch bench ingest $(ARGS)
+	$(BIN)/toxwatch bench all $(ARGS)
 
 clean:
 	rm -rf data .pytest_cache .mypy_cache .ruff_cache

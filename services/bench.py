@@ -1,42 +1,60 @@
 """``toxwatch bench ingest``: full ingest path against a same-run baseline.
 
-For each store, each run: produce the same simulated messages to a fresh topic on
-the embedded broker, then measure
-- the baseline: a bare kafka-python loop that only consumes and JSON-decodes them;
+The stream is a simulated programme (:mod:`services.bench_harness`): participants
+(2,000 in issue 9; 200 by default, to fit ten minutes) in trials of the simulator's
+cohort, interleaved by delivery time, each record shortened to ``follow_up_days``
+after infusion so that a run fits.
+
+The stream is produced once to a topic on the embedded broker; for each store, each
+run measures
+- the baseline: a bare kafka-python loop that only consumes and JSON-decodes it;
 - the full path: ``toxwatch worker`` (faust → validation → aggregates → one store
   commit per batch with tracking) and ``toxwatch relay`` (store → Kafka) as child
   processes, from the first committed batch until the relay has published the last
   derived event.
-Figures are medians over the runs; the ratio is full path / baseline.
+Figures are medians over the runs; the ratio is full path / baseline (both count
+every message produced, a clock tick once per partition).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
-import psycopg
 from kafka import KafkaConsumer, TopicPartition
 from rich.console import Console
 from rich.table import Table
 
 from infra.broker import EmbeddedBroker, ensure_topics
-from infra.kafka import reliable_producer
-from infra.settings import Settings
 from services.application import SafetyMonitoring
-from services.bootstrap import build_application
+from services.bench_harness import (
+    BenchStore,
+    Mix,
+    Programme,
+    applied,
+    check_alive,
+    first_change,
+    pipeline_env,
+    produce,
+    programme_messages,
+    running,
+    topics_of,
+    wait_for,
+)
 from services.relay import RELAY_NAME
-from services.simulator import CohortSpec, SimulatedMessage, simulate_cohort
+from services.simulator import SimulatedMessage
 
 PARTITIONS = 4
+#: Participants and follow-up days of ``toxwatch bench ingest`` by default: about
+#: 50,000 messages, three runs on each store in about ten minutes on two CPUs.
+DEFAULT_PROGRAMME = Programme(participants=200, follow_up_days=1)
 
 
 @dataclass
@@ -45,40 +63,34 @@ class BenchResult:
     messages: int
     baseline_events_per_s: float
     full_path_events_per_s: float
+    baseline_runs: list[float] = field(default_factory=list)
+    full_path_runs: list[float] = field(default_factory=list)
 
     @property
     def ratio(self) -> float:
         return self.full_path_events_per_s / self.baseline_events_per_s
 
-
-def bench_messages(count: int) -> list[SimulatedMessage]:
-    """At least ``count`` valid messages: simulated cohorts with distinct participants."""
-    messages: list[SimulatedMessage] = []
-    seed = 1
-    while len(messages) < count:
-        cohort = simulate_cohort(
-            replace(CohortSpec(), seed=seed, malformed=False, trial_id=f"BENCH-{seed}")
-        )
-        messages.extend(cohort)
-        seed += 1
-    return messages[:count]
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self) | {"ratio": self.ratio}
 
 
-def _produce(servers: str, topic: str, messages: list[SimulatedMessage]) -> int:
-    producer = reliable_producer(servers, linger_ms=20, batch_size=256 * 1024)
-    partitions = sorted(producer.partitions_for(topic))
-    sent = 0
-    for message in messages:
-        if message.key == b"-":
-            for partition in partitions:
-                producer.send(topic, key=message.key, value=message.value, partition=partition)
-                sent += 1
-        else:
-            producer.send(topic, key=message.key, value=message.value)
-            sent += 1
-    producer.flush()
-    producer.close()
-    return sent
+@dataclass
+class IngestReport:
+    mix: Mix
+    runs: int
+    results: list[BenchResult]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "mix": asdict(self.mix),
+            "runs": self.runs,
+            "partitions": PARTITIONS,
+            "results": [r.to_json() for r in self.results],
+        }
+
+    def sustained_max(self, store: str) -> float | None:
+        """The full path's median events/s on ``store``."""
+        return next((r.full_path_events_per_s for r in self.results if r.store == store), None)
 
 
 def _baseline(servers: str, topic: str, expected: int) -> float:
@@ -100,59 +112,23 @@ def _baseline(servers: str, topic: str, expected: int) -> float:
     return seen / elapsed
 
 
-def _full_path(servers: str, topic: str, expected: int, store: str, workdir: Path) -> float:
-    schema = f"bench_{uuid.uuid4().hex[:8]}"
-    env = os.environ | {
-        "KAFKA_BOOTSTRAP_SERVERS": servers,
-        "TOXWATCH_CLINICAL_TOPIC": topic,
-        "TOXWATCH_SAFETY_TOPIC": f"{topic}.safety",
-        "TOXWATCH_REJECTED_TOPIC": f"{topic}.rejected",
-        "TOXWATCH_CONSUMER_GROUP": f"bench-{uuid.uuid4().hex[:8]}",
-        "TOXWATCH_DATA_DIR": str(workdir / schema),
-        "TOXWATCH_STORE": store,
-        "TOXWATCH_POSTGRES_SCHEMA": schema,
-        "TOXWATCH_PARTITIONS": str(PARTITIONS),
-    }
-    if store == "postgres":
-        with psycopg.connect("host=127.0.0.1 dbname=test user=postgres", autocommit=True) as conn:
-            conn.execute(f'CREATE SCHEMA "{schema}"')
-    settings = Settings(
-        **{  # the same configuration the children read
-            "data_dir": workdir / schema,
-            "store": store,
-            "postgres_schema": schema,
-        }
-    )
-    app = build_application(settings)
-    children = [
-        subprocess.Popen(
-            [sys.executable, "-m", "services.cli", name],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for name in ("worker", "relay")
-    ]
-    try:
-        first = _wait_for(lambda: _applied(app, topic) > 0, timeout=120)
-        applied_at_first = _applied(app, topic)
-        _wait_for(lambda: _applied(app, topic) >= expected, timeout=600)
-        _wait_for(lambda: _relayed(app), timeout=600)
-        done = time.perf_counter()
-        return (expected - applied_at_first) / (done - first)
-    finally:
-        for child in children:
-            child.terminate()
-            child.wait(15)
-        if store == "postgres":
-            with psycopg.connect(
-                "host=127.0.0.1 dbname=test user=postgres", autocommit=True
-            ) as conn:
-                conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+def _full_path(servers: str, topic: str, expected: int, kind: str, workdir: Path) -> float:
+    with BenchStore(kind, workdir) as store:
+        app = store.open()  # creates the tables before the children start
+        env = pipeline_env(servers, topic, PARTITIONS, store)
+        try:
+            with running(("worker", "relay"), env) as children:
+                at_first = first_change(app, topic, PARTITIONS, timeout=120)
+                first = time.perf_counter()
 
+                def done() -> bool:
+                    check_alive(children)
+                    return applied(app, topic, PARTITIONS) >= expected and _relayed(app)
 
-def _applied(app: SafetyMonitoring, topic: str) -> int:
-    return sum(app.ingest_positions(topic, range(PARTITIONS)).values())
+                finished = wait_for(done, timeout=3600, interval=0.05)
+                return (expected - at_first) / (finished - first)
+        finally:
+            app.close()
 
 
 def _relayed(app: SafetyMonitoring) -> bool:
@@ -165,54 +141,96 @@ def _last_relayable(app: SafetyMonitoring, last: int) -> int:
     return tail[-1].id if tail else 0
 
 
-def _wait_for(condition, timeout: float) -> float:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError("benchmark stage did not finish in time")
-        time.sleep(0.02)
-    return time.perf_counter()
-
-
-def run_ingest_bench(
-    *, events: int, stores: list[str], runs: int, out: Path | None
-) -> list[BenchResult]:
-    console = Console()
-    messages = bench_messages(events)
+def measure_ingest(
+    servers: str,
+    messages: Sequence[SimulatedMessage],
+    stores: Sequence[str],
+    runs: int,
+    workdir: Path,
+    console: Console,
+) -> tuple[list[BenchResult], int]:
+    """Medians per store; also the messages produced. The stream is produced once
+    (the producer is slow); each run reads it afresh, in a new consumer group and a
+    new store."""
+    topic = f"bench.ingest.{uuid.uuid4().hex[:6]}"
+    ensure_topics(servers, topics_of(topic), PARTITIONS)
+    started = time.perf_counter()
+    produced = produce(servers, topic, messages)
+    console.print(f"produced {produced:,} messages in {time.perf_counter() - started:,.0f} s")
     results: list[BenchResult] = []
-    with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as tmp:
-        servers = broker.bootstrap_servers
-        for store in stores:
-            baselines, full = [], []
-            for run in range(runs):
-                topic = f"bench.{store}.{run}.{uuid.uuid4().hex[:6]}"
-                ensure_topics(servers, [topic, f"{topic}.safety", f"{topic}.rejected"], PARTITIONS)
-                expected = _produce(servers, topic, messages)
-                baselines.append(_baseline(servers, topic, expected))
-                full.append(_full_path(servers, topic, expected, store, Path(tmp)))
-                console.print(
-                    f"{store} run {run + 1}: baseline {baselines[-1]:,.0f}/s, "
-                    f"full path {full[-1]:,.0f}/s"
-                )
-            results.append(
-                BenchResult(store, expected, statistics.median(baselines), statistics.median(full))
+    for kind in stores:
+        baselines, full = [], []
+        for run in range(runs):
+            baselines.append(_baseline(servers, topic, produced))
+            full.append(_full_path(servers, topic, produced, kind, workdir))
+            console.print(
+                f"ingest {kind} run {run + 1}/{runs}: baseline {baselines[-1]:,.0f}/s, "
+                f"full path {full[-1]:,.0f}/s"
             )
+        results.append(
+            BenchResult(
+                kind,
+                produced,
+                statistics.median(baselines),
+                statistics.median(full),
+                baselines,
+                full,
+            )
+        )
+    return results, produced
+
+
+def ingest_table(report: IngestReport) -> Table:
+    mix = report.mix
     table = Table(
-        title=f"toxwatch bench ingest ({len(messages)} simulated events, median of {runs})"
+        title=(
+            f"toxwatch bench ingest: {mix.participants:,} participants ({mix.trials} trials), "
+            f"{mix.follow_up_days} follow-up day(s), {mix.clinical_events:,} clinical events "
+            f"+ {mix.clock_ticks:,} ticks (every {mix.tick_every_hours:g} h) = "
+            f"{mix.messages_produced:,} messages on {PARTITIONS} partitions, "
+            f"median of {report.runs}"
+        )
     )
     for column in ("store", "messages", "baseline ev/s", "full path ev/s", "ratio"):
         table.add_column(column, justify="right")
-    for r in results:
+    for r in report.results:
         table.add_row(
             r.store,
-            str(r.messages),
+            f"{r.messages:,}",
             f"{r.baseline_events_per_s:,.0f}",
             f"{r.full_path_events_per_s:,.0f}",
             f"{r.ratio:.3f}",
         )
-    console.print(table)
+    return table
+
+
+def run_ingest_bench(
+    *,
+    programme: Programme = DEFAULT_PROGRAMME,
+    stores: Sequence[str],
+    runs: int,
+    out: Path | None,
+    servers: str | None = None,
+    console: Console | None = None,
+) -> IngestReport:
+    """``servers``: an already running broker, else an embedded one for this bench."""
+    console = console or Console(width=140)
+    messages, mix = programme_messages(programme, progress=console.print)
+    console.print(
+        f"ingest: {mix.participants:,} participants, {mix.clinical_events:,} clinical events, "
+        f"{mix.clock_ticks:,} ticks"
+    )
+    with tempfile.TemporaryDirectory(prefix="toxwatch-bench-") as tmp:
+        if servers is None:
+            with EmbeddedBroker() as broker:
+                results, produced = measure_ingest(
+                    broker.bootstrap_servers, messages, stores, runs, Path(tmp), console
+                )
+        else:
+            results, produced = measure_ingest(servers, messages, stores, runs, Path(tmp), console)
+    mix.messages_produced, mix.partitions = produced, PARTITIONS
+    report = IngestReport(mix, runs, results)
+    console.print(ingest_table(report))
     if out is not None:
-        out.write_text(
-            json.dumps([asdict(r) | {"ratio": r.ratio} for r in results], indent=2) + "\n"
-        )
-    return results
+        out.write_text(json.dumps(report.to_json(), indent=2) + "\n")
+    return report

@@ -532,9 +532,28 @@ def protocol_activate(
     )
 
 
+def _programme(participants: int, days: int, tick_hours: float | None, prefix: str) -> Any:
+    from services.bench_harness import Programme
+
+    return Programme(
+        participants=participants, follow_up_days=days, tick_hours=tick_hours, trial_prefix=prefix
+    )
+
+
+def _stores(store: str) -> list[str]:
+    return ["sqlite", "postgres"] if store == "both" else [store]
+
+
+_TICK_HELP = "Hours between clock ticks of a trial (default: as the 90-day simulation)."
+
+
 @bench_app.command("ingest")
 def bench_ingest(
-    events: Annotated[int, typer.Option(help="Messages per run.")] = 20_000,
+    participants: Annotated[
+        int, typer.Option(help="Simulated participants (trials of 42; the issue: 2,000).")
+    ] = 200,
+    days: Annotated[int, typer.Option(help="Follow-up days after infusion per participant.")] = 1,
+    tick_hours: Annotated[float | None, typer.Option(help=_TICK_HELP)] = None,
     store: Annotated[str, typer.Option(help="sqlite, postgres or both.")] = "both",
     runs: Annotated[int, typer.Option(help="Runs per measurement (the median is reported).")] = 3,
     out: Annotated[Path | None, typer.Option(help="Write the results as JSON.")] = None,
@@ -542,8 +561,12 @@ def bench_ingest(
     """Sustained events/s of the full ingest path next to a bare kafka-python consume."""
     from services.bench import run_ingest_bench
 
-    stores = ["sqlite", "postgres"] if store == "both" else [store]
-    run_ingest_bench(events=events, stores=stores, runs=runs, out=out)
+    run_ingest_bench(
+        programme=_programme(participants, days, tick_hours, "BENCH"),
+        stores=_stores(store),
+        runs=runs,
+        out=out,
+    )
 
 
 @bench_app.command("replay")
@@ -567,6 +590,7 @@ def bench_alerts(
     ] = None,
     seconds: Annotated[float, typer.Option(help="Load duration per rate.")] = 20.0,
     probes_per_s: Annotated[float, typer.Option(help="Alert-raising probes per second.")] = 2.0,
+    runs: Annotated[int, typer.Option(help="Runs per rate (medians are reported).")] = 1,
     out: Annotated[Path | None, typer.Option(help="Write the results as JSON.")] = None,
     keep: Annotated[Path | None, typer.Option(help="Keep each run's store in this folder.")] = None,
 ) -> None:
@@ -577,9 +601,133 @@ def bench_alerts(
         rates=rates or [100, 1000],
         seconds=seconds,
         probes_per_s=probes_per_s,
+        runs=runs,
         out=out,
         keep=keep,
     )
+
+
+def _counts(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    return [int(part.replace("_", "")) for part in text.split(",") if part.strip()]
+
+
+@bench_app.command("memory")
+def bench_memory(
+    events: Annotated[int, typer.Option(help="Messages the worker applies.")] = 1_000_000,
+    checkpoints: Annotated[
+        str | None,
+        typer.Option(help="Applied counts to sample RSS at, comma-separated (default: tenths)."),
+    ] = None,
+    days: Annotated[int, typer.Option(help="Follow-up days after infusion.")] = 90,
+    store: Annotated[str, typer.Option(help="sqlite or postgres.")] = "sqlite",
+    out: Annotated[Path | None, typer.Option(help="Write the results as JSON.")] = None,
+) -> None:
+    """The worker's resident memory at checkpoints of messages applied (issue 9: flat
+    within 20 % from 100,000 to 1,000,000)."""
+    from services.bench_memory import run_memory_bench
+
+    run_memory_bench(
+        events=events, checkpoints=_counts(checkpoints), days=days, store=store, out=out
+    )
+
+
+@bench_app.command("scaling")
+def bench_scaling(
+    participants: Annotated[int, typer.Option(help="Simulated participants.")] = 100,
+    days: Annotated[int, typer.Option(help="Follow-up days after infusion.")] = 1,
+    tick_hours: Annotated[float | None, typer.Option(help=_TICK_HELP)] = None,
+    workers: Annotated[int, typer.Option(help="Workers of the second pass.")] = 3,
+    runs: Annotated[int, typer.Option(help="Runs (the median is reported).")] = 1,
+    store: Annotated[str, typer.Option(help="postgres or sqlite.")] = "postgres",
+    out: Annotated[Path | None, typer.Option(help="Write the results as JSON.")] = None,
+) -> None:
+    """Throughput of 1 worker, then of several in one group, on an 8-partition topic."""
+    from services.bench_scaling import run_scaling_bench
+
+    run_scaling_bench(
+        programme=_programme(participants, days, tick_hours, "SCALE"),
+        workers=workers,
+        runs=runs,
+        store=store,
+        out=out,
+    )
+
+
+@bench_app.command("all")
+def bench_all(
+    preset: Annotated[
+        str, typer.Option(help="Sizes: quick (a smoke run), moderate or issue (the issue's).")
+    ] = "moderate",
+    quick: Annotated[bool, typer.Option("--quick", help="The quick preset.")] = False,
+    runs: Annotated[int | None, typer.Option(help="Runs per measurement (medians).")] = None,
+    participants: Annotated[int | None, typer.Option(help="Ingest participants.")] = None,
+    days: Annotated[int | None, typer.Option(help="Ingest follow-up days.")] = None,
+    store: Annotated[str, typer.Option(help="Ingest stores: sqlite, postgres or both.")] = "both",
+    replay_participants: Annotated[int | None, typer.Option(help="Replay participants.")] = None,
+    memory_events: Annotated[int | None, typer.Option(help="Memory: messages applied.")] = None,
+    memory_checkpoints: Annotated[
+        str | None, typer.Option(help="Memory: RSS checkpoints, comma-separated.")
+    ] = None,
+    scaling_participants: Annotated[int | None, typer.Option(help="Scaling: participants.")] = None,
+    skip: Annotated[
+        list[str] | None,
+        typer.Option(help="Leave out a part: ingest, alerts, replay, scaling, memory (repeat)."),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="JSON file (default bench-results/<time>-<commit>.json).")
+    ] = None,
+) -> None:
+    """Every issue-9 target: measured, baseline, ratio, required, met; one table, one JSON."""
+    from dataclasses import replace
+
+    from services.bench_suite import PARTS, PRESETS, run_suite
+
+    name = "quick" if quick else preset
+    if name not in PRESETS:
+        raise typer.BadParameter(f"preset must be one of {', '.join(PRESETS)}")
+    unknown = set(skip or []) - set(PARTS)
+    if unknown:
+        raise typer.BadParameter(f"unknown part(s): {', '.join(sorted(unknown))}")
+    options = PRESETS[name]
+    ingest = replace(
+        options.ingest,
+        participants=participants or options.ingest.participants,
+        follow_up_days=days or options.ingest.follow_up_days,
+    )
+    scaling = replace(
+        options.scaling, participants=scaling_participants or options.scaling.participants
+    )
+    checkpoints = _counts(memory_checkpoints)
+    options = replace(
+        options,
+        runs=runs or options.runs,
+        ingest=ingest,
+        stores=_stores(store),
+        replay_participants=replay_participants or options.replay_participants,
+        memory_events=memory_events or (checkpoints[-1] if checkpoints else options.memory_events),
+        memory_checkpoints=checkpoints or options.memory_checkpoints,
+        scaling=scaling,
+        skip=list(skip or []),
+    )
+    run_suite(options, out)
+
+
+@bench_app.command("show")
+def bench_show(
+    results: Annotated[list[Path], typer.Argument(help="One result, or two to compare.")],
+) -> None:
+    """Print a result of `toxwatch bench all`, or compare two (older first)."""
+    from rich.console import Console
+
+    from services.bench_suite import comparison_table, load_result, suite_table
+
+    if len(results) > 2:
+        raise typer.BadParameter("one result, or two to compare")
+    loaded = [load_result(path) for path in results]
+    table = suite_table(loaded[0]) if len(loaded) == 1 else comparison_table(*loaded)
+    Console(width=160).print(table)
 
 
 audit_app = typer.Typer(

@@ -1,0 +1,76 @@
+"""``toxwatch bench all --quick`` (issue 9): every target lands in the JSON with what
+was measured, the same run's baseline, the ratio and whether it is met; ``toxwatch
+bench show`` compares two results.
+
+The sizes are a smoke run's; no figure is compared with a target here (performance
+is never asserted in tests, the machine is shared): only that each was measured.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import toxwatch_executable
+
+pytestmark = [pytest.mark.broker, pytest.mark.postgres, pytest.mark.slow]
+
+TARGETS = {
+    "ingest.sqlite",
+    "ingest.postgres",
+    "latency.1000",
+    "latency.80pct",
+    "replay",
+    "scaling",
+    "memory",
+}
+
+
+def _measured(value: object) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value) and value > 0
+
+
+def test_bench_all_quick_writes_every_target_with_its_baseline_and_verdict(
+    postgres_schemas: Callable[[], str], tmp_path: Path
+) -> None:
+    out = tmp_path / "bench.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOXWATCH_")}
+    completed = subprocess.run(
+        [toxwatch_executable(), "bench", "all", "--quick", "--out", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert completed.returncode == 0, completed.stdout[-4000:] + completed.stderr[-4000:]
+
+    report = json.loads(out.read_text())
+    targets = {t["id"]: t for t in report["targets"]}
+    assert set(targets) == TARGETS, completed.stdout[-4000:]
+    for ident, target in targets.items():
+        assert target["error"] is None, (ident, target["error"], report["details"])
+        for figure in ("measured", "baseline", "ratio"):
+            assert _measured(target[figure]), (ident, figure, target)
+        assert isinstance(target["met"], bool), (ident, target)
+        assert target["required"] and target["scale"], (ident, target)
+    assert report["machine_before"]["cpu_count"] >= 1
+    assert len(report["machine_before"]["load_average"]) == 3
+    assert report["commit"]
+    assert {"ingest", "alerts", "replay", "scaling", "memory"} <= set(report["details"])
+    assert "measured" in completed.stdout and "baseline" in completed.stdout
+
+    shown = subprocess.run(
+        [toxwatch_executable(), "bench", "show", str(out), str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "→" in shown.stdout and "ratio" in shown.stdout
