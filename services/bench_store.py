@@ -76,8 +76,11 @@ def open_store(path: Path) -> SafetyMonitoring:
 
 def fill(app: SafetyMonitoring, participants: int, *, first_trial: int = 0) -> int:
     """Simulated cohorts of up to 42 participants, one trial each (distinct seeds),
-    until ``participants`` are stored; the number of trials."""
+    until ``participants`` are stored; the number of trials. One stream: its offsets
+    run on from cohort to cohort (a second stream from offset 0 would be taken for a
+    redelivery of the first)."""
     index = 0
+    lines: list[bytes] = []
     while participants > 0:
         size = min(COHORT, participants)
         spec = CohortSpec(
@@ -86,10 +89,10 @@ def fill(app: SafetyMonitoring, participants: int, *, first_trial: int = 0) -> i
             malformed=False,
             trial_id=trial_id_of(first_trial + index),
         )
-        messages = simulate_cohort(spec)
-        process_lines([m.value for m in messages], io.StringIO(), app=app)
+        lines.extend(m.value for m in simulate_cohort(spec))
         participants -= size
         index += 1
+    process_lines(lines, io.StringIO(), app=app)
     return index
 
 
