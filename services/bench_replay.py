@@ -40,6 +40,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from projections.views import Views
+from services.api import fold_views
 from services.application import SafetyMonitoring
 from services.bench_store import StorePaths, ensure_store, fill, open_store
 from services.offline import in_memory_application
@@ -96,18 +98,12 @@ def read_and_decode(app: SafetyMonitoring) -> int:
     return count
 
 
-def rebuild_read_models(app: SafetyMonitoring) -> Any:
+def rebuild_read_models(app: SafetyMonitoring) -> Views:
     """The target: every read model the API serves, folded afresh from position zero
-    (the API's views, the dashboard's DSMB data and the audit trail)."""
-    from services.api import ReadModels
-    from services.audit import audit_trail
-    from services.dashboard import ReportFolder
-
-    models = ReadModels(app)
-    models.refresh()
-    folder = ReportFolder(app)
-    folder._fold()
-    return models, folder.data, audit_trail(app)
+    in one pass (``services.api.fold_views``, as ``POST /views/rebuild`` does)."""
+    views = Views()
+    fold_views(app, views)
+    return views
 
 
 def _rate(events: int, action: Callable[[], object]) -> float:

@@ -33,7 +33,7 @@ import difflib
 import json
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -52,6 +52,7 @@ from domain.protocol import ProtocolParameters
 from domain.trial import DoseLevel, Trial
 from infra.settings import Settings
 from projections.alerts import Alert
+from projections.views import Views
 from services.alerts import ALERTS_TRACKING, AlertDesk
 from services.application import SafetyMonitoring
 from services.monitor import MONITOR_TRACKING, TrialMonitor
@@ -135,6 +136,9 @@ class Rebuild:
         self.monitor_runs: set[int] = set()
         self.report = ReplayReport()
         self.live_histories: dict[UUID, list[Any]] = {}
+        #: The read models of both stores, folded from the passes the rebuild makes.
+        self.live_views = Views()
+        self.rebuilt_views = Views()
 
     def run(self) -> ReplayReport:
         started = time.perf_counter()
@@ -144,6 +148,7 @@ class Rebuild:
         for notification in _notifications(self.live):
             self.report.live_events += 1
             event = self.live.mapper.to_domain_event(notification)
+            self.live_views.apply(event, notification.id)
             if _layer(event) is not None:
                 self.live_histories.setdefault(event.originator_id, []).append(event)
             self._replay(notification, event)
@@ -286,6 +291,7 @@ class Rebuild:
         for notification in _notifications(self.target):
             count += 1
             event = self.target.mapper.to_domain_event(notification)
+            self.rebuilt_views.apply(event, notification.id)
             if _layer(event) is not None:
                 rebuilt.setdefault(event.originator_id, []).append(event)
         self.report.rebuilt_events = count
@@ -352,8 +358,12 @@ def replay(
 ) -> ReplayReport:
     """Rebuild ``live`` into the empty ``target`` and compare histories and views
     (``rederive`` False: the participants' derivations are taken as stored)."""
-    report = Rebuild(live, target, rederive=rederive).run()
-    verdicts, differences = compare_snapshots(view_snapshots(live), view_snapshots(target))
+    rebuild = Rebuild(live, target, rederive=rederive)
+    report = rebuild.run()
+    verdicts, differences = compare_snapshots(
+        read_model_snapshots(rebuild.live_views, live.trial_protocol),
+        read_model_snapshots(rebuild.rebuilt_views, target.trial_protocol),
+    )
     report.views = verdicts
     report.differences.extend(
         Difference(
@@ -372,10 +382,14 @@ def replay(
 # ---------------------------------------------------------------- views
 
 
-def read_model_snapshots(views: Any) -> dict[str, dict[str, Any]]:
-    """The API's read models (``views``: alerts, safety, kinetics, participants) as
-    plain data keyed by item, without what differs between two faithful runs (write
-    times and log positions)."""
+def read_model_snapshots(
+    views: Any, protocol_of: Callable[[str], ProtocolParameters] | None = None
+) -> dict[str, dict[str, Any]]:
+    """The read models of one generation (``projections.views.Views``, or an object
+    with its alerts, safety, kinetics and participants) as plain data keyed by item,
+    without what differs between two faithful runs (write times and log positions).
+    With ``protocol_of`` (a trial's protocol in force), the DSMB packet's data of each
+    trial too; the audit trail when the generation has one."""
     alerts = {row.alert_id: _normalise(asdict(row)) for row in views.alerts.rows.values()}
     gauges = {
         f"{name}{dict(labels)}": value
@@ -383,7 +397,8 @@ def read_model_snapshots(views: Any) -> dict[str, dict[str, Any]]:
         for labels, value in family.items()
     }
     kinetics: dict[str, Any] = {}
-    for trial_id in sorted({trial for trial, _ in views.participants}):
+    trials = sorted({trial for trial, _ in views.participants})
+    for trial_id in trials:
         kinetics[f"{trial_id} by dose level"] = _normalise(
             views.kinetics.dose_level_summary(trial_id)
         )
@@ -395,7 +410,7 @@ def read_model_snapshots(views: Any) -> dict[str, dict[str, Any]]:
                 "b_cells": subject.b_cells(),
             }
         )
-    return {
+    snapshots: dict[str, dict[str, Any]] = {
         "alerts inbox": alerts,
         "safety metrics": gauges,
         "kinetics": kinetics,
@@ -404,26 +419,53 @@ def read_model_snapshots(views: Any) -> dict[str, dict[str, Any]]:
             for (trial, participant), site in views.participants.items()
         },
     }
+    audit = getattr(views, "audit", None)
+    if audit is not None:
+        snapshots["audit trail"] = _audit_snapshot(audit.entries)
+    dsmb = getattr(views, "dsmb", None)
+    if dsmb is not None and protocol_of is not None:
+        snapshots["DSMB packet data"] = _dsmb_snapshot(dsmb, trials, protocol_of)
+    return snapshots
+
+
+def _audit_snapshot(entries: Iterable[Any]) -> dict[str, Any]:
+    """Audit entries keyed by who did what when (a repeat numbered)."""
+    out: dict[str, Any] = {}
+    seen: Counter[str] = Counter()
+    for entry in entries:
+        key = f"{entry.at.isoformat()} {entry.who}: {entry.action} {entry.what}"
+        seen[key] += 1
+        out[f"{key} #{seen[key]}" if seen[key] > 1 else key] = _normalise(asdict(entry))
+    return out
+
+
+def _dsmb_snapshot(
+    dsmb: Any, trials: Iterable[str], protocol_of: Callable[[str], ProtocolParameters]
+) -> dict[str, Any]:
+    from services.dashboard import planned_enrolment
+
+    snapshot: dict[str, Any] = {}
+    for trial_id in trials:
+        protocol = protocol_of(trial_id)
+        report = dsmb.report(
+            trial_id=trial_id,
+            as_of=None,
+            planned_enrolment=planned_enrolment(protocol)[0],
+            dose_levels=[level.id for level in protocol.dose_levels],
+        )
+        for section, value in _normalise(report.to_dict()).items():
+            snapshot[f"{trial_id} {section}"] = value
+    return snapshot
 
 
 def view_snapshots(app: SafetyMonitoring) -> dict[str, dict[str, Any]]:
     """Every read model folded from ``app``'s log from position zero (the API's and
     the DSMB packet's data), as plain data."""
-    from services.api import ReadModels
-    from services.report import build_report
+    from services.api import fold_views
 
-    models = ReadModels(app)
-    models.refresh()
-    snapshots = read_model_snapshots(models)
-    trials = sorted({trial for trial, _ in models.participants})
-    snapshots["DSMB packet data"] = {
-        f"{trial_id} {section}": value
-        for trial_id in trials
-        for section, value in _normalise(
-            build_report(app, trial_id=trial_id, as_of=None).to_dict()
-        ).items()
-    }
-    return snapshots
+    views = Views()
+    fold_views(app, views)
+    return read_model_snapshots(views, app.trial_protocol)
 
 
 def compare_snapshots(
