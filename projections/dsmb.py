@@ -240,7 +240,10 @@ class DSMBData:
         return self.subjects[key]
 
     def _trial(self, trial_id: str) -> _Trial:
-        return self.trials.setdefault(trial_id, _Trial())
+        trial = self.trials.get(trial_id)
+        if trial is None:
+            trial = self.trials[trial_id] = _Trial()
+        return trial
 
     def _protocol(self, event: Any, position: int) -> None:
         if isinstance(event, Participant.Registered):

@@ -30,7 +30,8 @@ class FanOut:
     def __init__(self, models: Iterable[Routed]) -> None:
         self.models = tuple({id(model): model for model in models}.values())
         self._by_class: dict[type, tuple[Handler, ...]] = {}
-        self._by_topic: dict[str, tuple[Handler, ...]] = {}
+        #: Topic -> handlers, for the topics met so far.
+        self.topic_handlers: dict[str, tuple[Handler, ...]] = {}
 
     def handlers(self, cls: type) -> tuple[Handler, ...]:
         found = self._by_class.get(cls)
@@ -41,9 +42,9 @@ class FanOut:
 
     def handlers_for_topic(self, topic: str) -> tuple[Handler, ...]:
         """The handlers of a stored event's topic (empty: no need to decode it)."""
-        found = self._by_topic.get(topic)
+        found = self.topic_handlers.get(topic)
         if found is None:
-            found = self._by_topic[topic] = self.handlers(resolve_topic(topic))
+            found = self.topic_handlers[topic] = self.handlers(resolve_topic(topic))
         return found
 
     def apply(self, event: Any, position: int) -> None:

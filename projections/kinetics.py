@@ -110,7 +110,9 @@ class KineticsView:
         if kind not in _TYPES or wire["participant_id"] == TRIAL_LEVEL_PARTICIPANT:
             return
         key = (wire["trial_id"], wire["participant_id"])
-        subject = self.participants.setdefault(key, ParticipantKinetics(*key))
+        subject = self.participants.get(key)
+        if subject is None:
+            subject = self.participants[key] = ParticipantKinetics(*key)
         data = dict(wire["data"])
         at = datetime.fromisoformat(wire["occurred_at"])
         if kind == "participant.enrolled":

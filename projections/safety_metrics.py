@@ -119,7 +119,9 @@ class SafetyPicture:
         if wire["participant_id"] == TRIAL_LEVEL_PARTICIPANT or kind == "clock.ticked":
             return
         key = (wire["trial_id"], wire["participant_id"])
-        subject = self.subjects.setdefault(key, _Subject(wire["trial_id"]))
+        subject = self.subjects.get(key)
+        if subject is None:
+            subject = self.subjects[key] = _Subject(wire["trial_id"])
         data = wire["data"]
         if kind == "participant.enrolled":
             subject.disease = data["disease"]
@@ -160,7 +162,10 @@ class SafetyPicture:
         """The grade published for a clinical time; a ``grade.revised`` for that time
         replaces it (late data, corrections, adjudication), so the highest grade is
         the highest standing one (as the DSMB packet counts it)."""
-        subject = self.subjects.setdefault((trial_id, participant_id), _Subject(trial_id))
+        key = (trial_id, participant_id)
+        subject = self.subjects.get(key)
+        if subject is None:
+            subject = self.subjects[key] = _Subject(trial_id)
         subject.points.setdefault(term, {})[at] = grade
 
     def _alert(self, event: Any, position: int = 0) -> None:

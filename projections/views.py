@@ -39,26 +39,37 @@ class Views:
 
     def __post_init__(self) -> None:
         self.dsmb.kinetics = self.kinetics
-        self._fold = FanOut(
-            (self, self.alerts, self.safety, self.kinetics, *self.dsmb.parts(), self.audit)
-        )
+        # The two alerts views are fed here (``route``): one contract event for both.
+        self._fold = FanOut((self, self.safety, self.kinetics, self.dsmb, self.audit))
 
     def route(self, cls: type) -> Handler | None:
-        """The participant registry's fold: who registered at which site."""
-        return self._registered if issubclass(cls, Participant.Registered) else None
+        """The participant registry's fold (who registered at which site), and the
+        alerts views'."""
+        if issubclass(cls, Participant.Registered):
+            return self._registered
+        if self.alerts.route(cls) is not None:
+            return self._alert
+        return None
 
     def _registered(self, event: Any, position: int) -> None:
         self.participants[(event.trial_id, event.participant_id)] = event.site_id
+
+    def _alert(self, event: Any, position: int) -> None:
+        contract = event.to_contract()  # validated once
+        self.alerts.apply(contract, position)
+        self.dsmb.alerts.apply(contract, position)
 
     def fold(self, notifications: Sequence[Any], decode: Callable[[Any], Any]) -> int:
         """Fold a page of stored events (eventsourcing notifications, in log order);
         ``decode`` makes a domain event of one. The number of events decoded."""
         if not notifications:
             return 0
-        handlers_for = self._fold.handlers_for_topic
+        known = self._fold.topic_handlers  # looked up inline: this loop is the rebuild
         decoded = 0
         for notification in notifications:
-            handlers = handlers_for(notification.topic)
+            handlers = known.get(notification.topic)
+            if handlers is None:
+                handlers = self._fold.handlers_for_topic(notification.topic)
             if handlers:
                 event = decode(notification)
                 decoded += 1
