@@ -16,7 +16,11 @@ reaches the requested size (a trial in progress). The base is kept beside the la
 store (``base-pPARTICIPANTS-fFORMAT.sqlite3``): ``toxwatch replay`` is timed on it.
 
 The ingest's event-id claims table is not replicated (nothing that reads the log
-needs it), and the copies keep the base's recording times.
+needs it), and the copies keep the base's recording times. A full ``toxwatch replay``
+of a two-copy store reproduces every participant's, dose level's and alert's history
+and the alerts inbox, safety metrics, kinetics, registry and audit trail, but not the
+copy's trial-monitor decisions (a fresh monitor decides more often than the copied
+history says), so the bench times replays on the base alone.
 """
 
 from __future__ import annotations
