@@ -18,9 +18,10 @@ store (``base-pPARTICIPANTS-fFORMAT.sqlite3``): ``toxwatch replay`` is timed on 
 The ingest's event-id claims table is not replicated (nothing that reads the log
 needs it), and the copies keep the base's recording times. A full ``toxwatch replay``
 of a two-copy store reproduces every participant's, dose level's and alert's history
-and the alerts inbox, safety metrics, kinetics, registry and audit trail, but not the
-copy's trial-monitor decisions (a fresh monitor decides more often than the copied
-history says), so the bench times replays on the base alone.
+and the alerts inbox, safety metrics, kinetics, registry and audit trail; the trial
+monitor's decisions differ as they do in a replay of the base itself (offline, the
+monitor evaluates once over the whole log, a replay at each fact's read position).
+The bench times replays on the base alone, the store whose derivations it made.
 """
 
 from __future__ import annotations
