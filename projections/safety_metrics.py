@@ -20,7 +20,7 @@ from uuid import UUID
 
 from domain.contract import TRIAL_LEVEL_PARTICIPANT
 from domain.participant import Participant, SafetyEventRecorded
-from domain.trial import DoseLevel, Trial
+from domain.trial import DoseLevel
 from projections.alerts import Alert
 
 UNKNOWN = "unknown"
@@ -225,24 +225,6 @@ class SafetyPicture:
             if trial not in self.paused:
                 put("toxwatch_enrollment_paused", 0.0, trial=trial)
         return out
-
-
-#: The stored-event classes the picture reads (for a notification-log topic filter).
-SAFETY_PICTURE_CLASSES: tuple[type, ...] = (
-    Participant.ClinicalEventRecorded,
-    Participant.CRSGraded,
-    Participant.ICANSGraded,
-    Participant.GradeRevised,
-    DoseLevel.Opened,
-    DoseLevel.Tallied,
-    Trial.DoseDecision,
-    Trial.StoppingRuleTriggered,
-    Trial.EnrollmentPaused,
-    Trial.EnrollmentResumed,
-    Alert.Raised,
-    Alert.Acknowledged,
-    Alert.Resolved,
-)
 
 
 def _contract_type(cls: type) -> str | None:

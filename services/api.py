@@ -7,9 +7,12 @@ site's participants and alerts, plus trial-level ones. A participant or alert th
 caller may not see is answered exactly like one that does not exist (404), so an
 error never reveals another site's data.
 
-The alerts inbox and the participant registry are read models the API folds from the
-event store's notification log in a background thread (:class:`ReadModels`); the
-participant timeline and the trial status are read from their aggregates. ``/ready``
+The alerts inbox, the safety metrics, the kinetics, the participant registry, the
+DSMB packet's data (the dashboard) and the audit trail are read models the API folds
+from the event store's notification log, in one pass, in a background thread
+(:class:`ReadModels`); the participant timeline and the trial status are read from
+their aggregates, and the as-of views are folded per request (they depend on the
+moment asked for). ``/ready``
 is true only when those read models, the alerts process and the trial monitor have
 caught up with the log.
 
