@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import string
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -764,6 +764,13 @@ class AlertsView:
     def __init__(self) -> None:
         self.rows: dict[str, AlertRow] = {}
         self.position = 0
+
+    def route(self, cls: type) -> Callable[[Any, int], None] | None:
+        """The fold of a stored-event class (``projections.fold``): the alert events."""
+        return self._stored if issubclass(cls, ALERT_EVENT_CLASSES) else None
+
+    def _stored(self, event: Any, position: int) -> None:
+        self.apply(event.to_contract(), position)
 
     def apply(self, event: SafetyEvent, position: int) -> None:
         data = event.data

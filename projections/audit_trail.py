@@ -10,7 +10,7 @@ ToxWatch stored the action; ``at`` is when the person says it was done.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -21,6 +21,11 @@ from domain.contract import TRIAL_LEVEL_PARTICIPANT
 from domain.participant import Participant
 from domain.records import TrialLog
 from projections.alerts import Alert
+
+#: The recorded events that are a person's action on the record.
+_HUMAN_ACTIONS = frozenset(
+    {"adjudication.recorded", "record.corrected", "record.voided", "committee.decided"}
+)
 
 
 @dataclass(frozen=True)
@@ -46,43 +51,79 @@ class AuditTrail:
 
     def apply(self, event: Any, position: int) -> None:
         """Fold one stored domain event."""
-        if isinstance(event, Participant.ClinicalEventRecorded | TrialLog.TrialEventRecorded):
-            self._clinical(event.event, event.received_at, position, event.timestamp)
-        elif isinstance(event, Alert.Acknowledged):
-            data = event.data
-            self._add(
-                position, event.timestamp, datetime.fromisoformat(data["at"]), data["by"],
-                "alert.acknowledged",
-                f"acknowledged alert {data['alert_id']} (revision {data['revision']})",
-                data.get("comment") or "", event.trial_id, event.participant_id,
-            )  # fmt: skip
-        elif isinstance(event, TrialLog.ProtocolActivated):
-            parameters = event.parameters
-            self._add(
-                position, event.timestamp, event.at, event.activated_by, "protocol.activated",
-                f"protocol {parameters.get('protocol_id')} version {parameters.get('version')} "
-                "put in force", event.reason, parameters.get("trial_id"), None,
-            )  # fmt: skip
-        elif isinstance(event, ApiToken.Created):
-            self._tokens[event.originator_id] = event.token_id
-            site = f", site {event.site_id}" if event.site_id else ""
-            self._add(
-                position, event.timestamp, event.created_at, event.created_by, "token.issued",
-                f"API token {event.token_id} ({event.name}) issued: role {event.role}{site}",
-                event.reason, None, None,
-            )  # fmt: skip
-        elif isinstance(event, ApiToken.Revoked):
-            token_id = self._tokens.get(event.originator_id, str(event.originator_id))
-            self._add(
-                position, event.timestamp, event.at, event.by, "token.revoked",
-                f"API token {token_id} revoked", event.reason, None, None,
-            )  # fmt: skip
+        handler = self.route(type(event))
+        if handler is not None:
+            handler(event, position)
+
+    def route(self, cls: type) -> Callable[[Any, int], None] | None:
+        """The fold of a stored-event class (``projections.fold``), None if the trail
+        does not read it."""
+        if issubclass(cls, Participant.ClinicalEventRecorded | TrialLog.TrialEventRecorded):
+            return self._recorded
+        if issubclass(cls, Alert.Acknowledged):
+            return self._acknowledged
+        if issubclass(cls, TrialLog.ProtocolActivated):
+            return self._activated
+        if issubclass(cls, ApiToken.Created):
+            return self._token_created
+        if issubclass(cls, ApiToken.Revoked):
+            return self._token_revoked
+        return None
+
+    def _recorded(self, event: Any, position: int) -> None:
+        self._clinical(event.event, event.received_at, position, event.timestamp)
+
+    def _acknowledged(self, event: Any, position: int) -> None:
+        data = event.data
+        self._add(
+            position, event.timestamp, datetime.fromisoformat(data["at"]), data["by"],
+            "alert.acknowledged",
+            f"acknowledged alert {data['alert_id']} (revision {data['revision']})",
+            data.get("comment") or "", event.trial_id, event.participant_id,
+        )  # fmt: skip
+
+    def _activated(self, event: Any, position: int) -> None:
+        parameters = event.parameters
+        self._add(
+            position, event.timestamp, event.at, event.activated_by, "protocol.activated",
+            f"protocol {parameters.get('protocol_id')} version {parameters.get('version')} "
+            "put in force", event.reason, parameters.get("trial_id"), None,
+        )  # fmt: skip
+
+    def _token_created(self, event: Any, position: int) -> None:
+        self._tokens[event.originator_id] = event.token_id
+        site = f", site {event.site_id}" if event.site_id else ""
+        self._add(
+            position, event.timestamp, event.created_at, event.created_by, "token.issued",
+            f"API token {event.token_id} ({event.name}) issued: role {event.role}{site}",
+            event.reason, None, None,
+        )  # fmt: skip
+
+    def _token_revoked(self, event: Any, position: int) -> None:
+        token_id = self._tokens.get(event.originator_id, str(event.originator_id))
+        self._add(
+            position, event.timestamp, event.at, event.by, "token.revoked",
+            f"API token {token_id} revoked", event.reason, None, None,
+        )  # fmt: skip
 
     def _clinical(
         self, wire: Mapping[str, Any], received_at: datetime, position: int, stored: datetime
     ) -> None:
         kind = wire["type"]
         data = wire["data"]
+        if kind in _HUMAN_ACTIONS:
+            self._human_action(kind, wire, data, position, stored)
+        if kind != "clock.ticked":
+            self._records[wire["event_id"]] = {"data": dict(data)}
+
+    def _human_action(
+        self,
+        kind: str,
+        wire: Mapping[str, Any],
+        data: Mapping[str, Any],
+        position: int,
+        stored: datetime,
+    ) -> None:
         who = wire.get("recorded_by") or (wire.get("source") or {}).get("reference") or "-"
         at = datetime.fromisoformat(wire["occurred_at"])
         trial, participant = wire["trial_id"], wire["participant_id"]
@@ -119,8 +160,6 @@ class AuditTrail:
                 position, stored, at, f"{data['committee']} ({who})", kind,
                 f"{data['decision']}{level}", data["reason"], trial, None,
             )  # fmt: skip
-        if kind != "clock.ticked":
-            self._records[wire["event_id"]] = {"data": dict(data)}
 
     def _add(
         self,

@@ -52,6 +52,7 @@ from domain.timeline import TimelineEntry, study_day
 from domain.trial import DoseLevel, TrialSafetyEvent
 from domain.units import UnitConversionError, convert
 from projections.alerts import ALERT_EVENT_CLASSES, AlertsView
+from projections.fold import FanOut, Handler, Routed
 from projections.kinetics import KineticsView, ParticipantKinetics
 
 UNKNOWN: Final = "unknown"
@@ -196,27 +197,41 @@ class DSMBData:
     alerts: AlertsView = field(default_factory=AlertsView)
     kinetics: KineticsView = field(default_factory=KineticsView)
     position: int = 0
+    _fold: FanOut | None = field(default=None, init=False, repr=False, compare=False)
 
     def apply(self, event: Any, position: int) -> None:
         """Fold one stored domain event at its notification ``position``; events the
         report does not read are ignored."""
         self.position = max(self.position, position)
-        if isinstance(event, Participant.Registered | Participant.ProtocolApplied):
-            self._protocol(event)
-        elif isinstance(event, Participant.ClinicalEventRecorded):
-            self._clinical(event.event, position)
-        elif isinstance(event, _TICKED):
-            self._tick(event.trial_id, event.at)
-        elif isinstance(event, DoseLevel.Opened):
-            self.dose_level_ids[event.originator_id] = (event.trial_id, event.dose_level)
-        elif isinstance(event, DoseLevel.Tallied):
-            self._tallied(event)
-        elif isinstance(event, ALERT_EVENT_CLASSES):
-            self.alerts.apply(event.to_contract(), position)
-        elif isinstance(event, TrialSafetyEvent):
-            self._trial_finding(event, position)
-        elif isinstance(event, SafetyEventRecorded):
-            self._derived(event)
+        if self._fold is None:
+            self._fold = FanOut(self.parts())
+        self._fold.apply(event, position)
+
+    def parts(self) -> tuple[Routed, ...]:
+        """The models a fan-out fold feeds (``projections.fold``): this one, its
+        alerts and its kinetics (which another fold may share)."""
+        return (self, self.alerts, self.kinetics)
+
+    def route(self, cls: type) -> Handler | None:
+        """The fold of a stored-event class by this model itself (its alerts and
+        kinetics route their own), None if it does not read it."""
+        if issubclass(cls, Participant.Registered | Participant.ProtocolApplied):
+            return self._protocol
+        if issubclass(cls, Participant.ClinicalEventRecorded):
+            return self._recorded
+        if issubclass(cls, _TICKED):
+            return self._ticked
+        if issubclass(cls, DoseLevel.Opened):
+            return self._dose_level_opened
+        if issubclass(cls, DoseLevel.Tallied):
+            return self._tallied
+        if issubclass(cls, ALERT_EVENT_CLASSES):
+            return None  # the alerts view's
+        if issubclass(cls, TrialSafetyEvent):
+            return self._trial_finding
+        if issubclass(cls, SafetyEventRecorded):
+            return self._derived
+        return None
 
     def _subject(self, trial_id: str, participant_id: str) -> _Subject:
         key = (trial_id, participant_id)
@@ -225,9 +240,12 @@ class DSMBData:
         return self.subjects[key]
 
     def _trial(self, trial_id: str) -> _Trial:
-        return self.trials.setdefault(trial_id, _Trial())
+        trial = self.trials.get(trial_id)
+        if trial is None:
+            trial = self.trials[trial_id] = _Trial()
+        return trial
 
-    def _protocol(self, event: Any) -> None:
+    def _protocol(self, event: Any, position: int) -> None:
         if isinstance(event, Participant.Registered):
             self.participant_ids[event.originator_id] = (event.trial_id, event.participant_id)
         key = self.participant_ids.get(event.originator_id)
@@ -237,19 +255,25 @@ class DSMBData:
                 event.parameters.get("day_zero_is_infusion_day", True)
             )
 
-    def _clinical(self, wire: Mapping[str, Any], position: int) -> None:
+    def _recorded(self, event: Any, position: int) -> None:
+        wire = event.event
         if wire["type"] == "clock.ticked":
             self._tick(wire["trial_id"], datetime.fromisoformat(wire["occurred_at"]))
             return
         self._subject(wire["trial_id"], wire["participant_id"]).record(wire, position)
-        self.kinetics.apply_clinical(wire)
+
+    def _ticked(self, event: Any, position: int) -> None:
+        self._tick(event.trial_id, event.at)
 
     def _tick(self, trial_id: str, at: datetime) -> None:
         trial = self._trial(trial_id)
         if trial.latest_tick is None or at > trial.latest_tick:
             trial.latest_tick = at
 
-    def _tallied(self, event: DoseLevel.Tallied) -> None:
+    def _dose_level_opened(self, event: Any, position: int) -> None:
+        self.dose_level_ids[event.originator_id] = (event.trial_id, event.dose_level)
+
+    def _tallied(self, event: DoseLevel.Tallied, position: int) -> None:
         key = self.dose_level_ids.get(event.originator_id)
         if key is not None:
             self._trial(key[0]).tallies[key[1]] = dict(event.tally)
@@ -261,7 +285,7 @@ class DSMBData:
             position, event.contract_type, event.effective_at, event.dose_level, data
         )
 
-    def _derived(self, event: SafetyEventRecorded) -> None:
+    def _derived(self, event: SafetyEventRecorded, position: int) -> None:
         subject = self._subject(event.trial_id, event.participant_id)
         kind, data, at = event.contract_type, event.data, event.effective_at
         if kind in ("crs.graded", "icans.graded"):

@@ -11,13 +11,14 @@ instrument and visit, and per dose level the summaries the optimal-dose view nee
 from __future__ import annotations
 
 import statistics
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from domain.contract import DATA_MODELS, TRIAL_LEVEL_PARTICIPANT, DiseaseAssessed
 from domain.disease_scores import VisitChange, changes_from_baseline
+from domain.participant import Participant
 from domain.pk import NCAResult, nca, samples_from
 
 _TYPES = frozenset(
@@ -95,13 +96,23 @@ class KineticsView:
     participants: dict[tuple[str, str], ParticipantKinetics] = field(default_factory=dict)
     _types: dict[str, tuple[tuple[str, str], str]] = field(default_factory=dict)
 
+    def route(self, cls: type) -> Callable[[Any, int], None] | None:
+        """The fold of a stored-event class (``projections.fold``): the recorded
+        clinical events."""
+        return self._recorded if issubclass(cls, Participant.ClinicalEventRecorded) else None
+
+    def _recorded(self, event: Any, position: int) -> None:
+        self.apply_clinical(event.event)
+
     def apply_clinical(self, wire: Mapping[str, Any]) -> None:
         """Fold one recorded clinical event (contract §1–2, wire form)."""
         kind = wire["type"]
         if kind not in _TYPES or wire["participant_id"] == TRIAL_LEVEL_PARTICIPANT:
             return
         key = (wire["trial_id"], wire["participant_id"])
-        subject = self.participants.setdefault(key, ParticipantKinetics(*key))
+        subject = self.participants.get(key)
+        if subject is None:
+            subject = self.participants[key] = ParticipantKinetics(*key)
         data = dict(wire["data"])
         at = datetime.fromisoformat(wire["occurred_at"])
         if kind == "participant.enrolled":

@@ -12,7 +12,7 @@ participant id.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -20,10 +20,22 @@ from uuid import UUID
 
 from domain.contract import TRIAL_LEVEL_PARTICIPANT
 from domain.participant import Participant, SafetyEventRecorded
-from domain.trial import DoseLevel, Trial
+from domain.trial import DoseLevel
 from projections.alerts import Alert
 
 UNKNOWN = "unknown"
+#: The derived safety events the picture reads (``SafetyPicture._derived``).
+_DERIVED_TYPES = frozenset(
+    {
+        "crs.graded",
+        "icans.graded",
+        "grade.revised",
+        "dose.decision",
+        "stopping_rule.triggered",
+        "enrollment.paused",
+        "enrollment.resumed",
+    }
+)
 Labels = tuple[tuple[str, str], ...]
 Gauges = dict[str, dict[Labels, float]]
 
@@ -63,31 +75,53 @@ class SafetyPicture:
 
     def apply(self, event: Any) -> None:
         """Fold one stored domain event."""
-        if isinstance(event, Participant.ClinicalEventRecorded):
-            self._clinical(event.event)
-        elif isinstance(event, DoseLevel.Opened):
-            self.dose_levels[event.originator_id] = (event.trial_id, event.dose_level)
-        elif isinstance(event, DoseLevel.Tallied):
-            key = self.dose_levels.get(event.originator_id)
-            if key is not None:
-                self.tallies[key] = dict(event.tally)
-        elif isinstance(event, Alert.Raised | Alert.Acknowledged | Alert.Resolved):
-            self._alert(event)
-        elif isinstance(event, SafetyEventRecorded):
-            self._derived(
-                event.contract_type,
-                event.trial_id,
-                event.participant_id,
-                event.effective_at,
-                event.data,
-            )
+        handler = self.route(type(event))
+        if handler is not None:
+            handler(event, 0)
+
+    def route(self, cls: type) -> Callable[[Any, int], None] | None:
+        """The fold of a stored-event class (``projections.fold``), None if the
+        picture does not read it."""
+        if issubclass(cls, Participant.ClinicalEventRecorded):
+            return self._recorded
+        if issubclass(cls, DoseLevel.Opened):
+            return self._dose_level_opened
+        if issubclass(cls, DoseLevel.Tallied):
+            return self._tallied
+        if issubclass(cls, Alert.Raised | Alert.Acknowledged | Alert.Resolved):
+            return self._alert
+        if issubclass(cls, SafetyEventRecorded) and _contract_type(cls) in _DERIVED_TYPES:
+            return self._derived_event
+        return None
+
+    def _recorded(self, event: Any, position: int) -> None:
+        self._clinical(event.event)
+
+    def _dose_level_opened(self, event: Any, position: int) -> None:
+        self.dose_levels[event.originator_id] = (event.trial_id, event.dose_level)
+
+    def _tallied(self, event: Any, position: int) -> None:
+        key = self.dose_levels.get(event.originator_id)
+        if key is not None:
+            self.tallies[key] = dict(event.tally)
+
+    def _derived_event(self, event: Any, position: int) -> None:
+        self._derived(
+            event.contract_type,
+            event.trial_id,
+            event.participant_id,
+            event.effective_at,
+            event.data,
+        )
 
     def _clinical(self, wire: Mapping[str, Any]) -> None:
         kind = wire["type"]
         if wire["participant_id"] == TRIAL_LEVEL_PARTICIPANT or kind == "clock.ticked":
             return
         key = (wire["trial_id"], wire["participant_id"])
-        subject = self.subjects.setdefault(key, _Subject(wire["trial_id"]))
+        subject = self.subjects.get(key)
+        if subject is None:
+            subject = self.subjects[key] = _Subject(wire["trial_id"])
         data = wire["data"]
         if kind == "participant.enrolled":
             subject.disease = data["disease"]
@@ -128,10 +162,13 @@ class SafetyPicture:
         """The grade published for a clinical time; a ``grade.revised`` for that time
         replaces it (late data, corrections, adjudication), so the highest grade is
         the highest standing one (as the DSMB packet counts it)."""
-        subject = self.subjects.setdefault((trial_id, participant_id), _Subject(trial_id))
+        key = (trial_id, participant_id)
+        subject = self.subjects.get(key)
+        if subject is None:
+            subject = self.subjects[key] = _Subject(trial_id)
         subject.points.setdefault(term, {})[at] = grade
 
-    def _alert(self, event: Any) -> None:
+    def _alert(self, event: Any, position: int = 0) -> None:
         data = event.data
         alert_id = data["alert_id"]
         if isinstance(event, Alert.Raised):
@@ -190,19 +227,5 @@ class SafetyPicture:
         return out
 
 
-#: The stored-event classes the picture reads (for a notification-log topic filter).
-SAFETY_PICTURE_CLASSES: tuple[type, ...] = (
-    Participant.ClinicalEventRecorded,
-    Participant.CRSGraded,
-    Participant.ICANSGraded,
-    Participant.GradeRevised,
-    DoseLevel.Opened,
-    DoseLevel.Tallied,
-    Trial.DoseDecision,
-    Trial.StoppingRuleTriggered,
-    Trial.EnrollmentPaused,
-    Trial.EnrollmentResumed,
-    Alert.Raised,
-    Alert.Acknowledged,
-    Alert.Resolved,
-)
+def _contract_type(cls: type) -> str | None:
+    return getattr(cls, "contract_type", None)

@@ -7,9 +7,12 @@ site's participants and alerts, plus trial-level ones. A participant or alert th
 caller may not see is answered exactly like one that does not exist (404), so an
 error never reveals another site's data.
 
-The alerts inbox and the participant registry are read models the API folds from the
-event store's notification log in a background thread (:class:`ReadModels`); the
-participant timeline and the trial status are read from their aggregates. ``/ready``
+The alerts inbox, the safety metrics, the kinetics, the participant registry, the
+DSMB packet's data (the dashboard) and the audit trail are read models the API folds
+from the event store's notification log, in one pass, in a background thread
+(:class:`ReadModels`); the participant timeline and the trial status are read from
+their aggregates, and the as-of views are folded per request (they depend on the
+moment asked for). ``/ready``
 is true only when those read models, the alerts process and the trial monitor have
 caught up with the log.
 
@@ -22,7 +25,7 @@ import logging
 import re
 import threading
 from collections.abc import AsyncIterator, Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
@@ -40,12 +43,15 @@ from domain.errors import AlertAlreadyAcknowledged, AlertRevisionChanged, NotFou
 from domain.participant import Participant, SafetyEventRecorded, participant_aggregate_id
 from domain.trial import DoseLevel, Trial, dose_level_aggregate_id, trial_aggregate_id
 from projections.alerts import ALERT_EVENT_CLASSES, AlertRow, AlertsView
+from projections.audit_trail import AuditEntry
+from projections.dsmb import DSMBReport
 from projections.kinetics import KineticsView
-from projections.safety_metrics import SAFETY_PICTURE_CLASSES, SafetyPicture
+from projections.safety_metrics import SafetyPicture
+from projections.views import Views
 from services import alerts as alert_service
 from services import monitor as monitor_service
 from services.application import REJECTION_TOPIC, SAFETY_EVENT_TOPICS, SafetyMonitoring
-from services.audit import audit_trail, participant_as_of, trial_as_of
+from services.audit import participant_as_of, trial_as_of
 from services.auth import Authenticator
 from services.dashboard import dashboard_router
 from services.following import follow_log
@@ -54,16 +60,6 @@ from services.tokens import NoSuchToken, TokenService
 
 log = logging.getLogger(__name__)
 ALERT_TOPICS = tuple(get_topic(cls) for cls in ALERT_EVENT_CLASSES)
-_VIEW_TOPICS = tuple(
-    dict.fromkeys(
-        (
-            *ALERT_TOPICS,
-            get_topic(Participant.Registered),
-            *(get_topic(cls) for cls in SAFETY_PICTURE_CLASSES),
-        )
-    )
-)
-_ALERT_CLASSES = tuple(ALERT_EVENT_CLASSES)
 #: Lag counts stop here (a follower that far behind is simply far behind).
 LAG_CAP = 10_000
 NOT_FOUND = "not found"
@@ -74,19 +70,14 @@ MAX_POSITION = 2**63 - 1
 # ---------------------------------------------------------------- read models
 
 
-@dataclass
-class _Views:
-    """One generation of the read models, folded up to ``position``."""
-
-    alerts: AlertsView = field(default_factory=AlertsView)
-    safety: SafetyPicture = field(default_factory=SafetyPicture)
-    kinetics: KineticsView = field(default_factory=KineticsView)
-    participants: dict[tuple[str, str], str] = field(default_factory=dict)  # -> site
-    position: int = 0
+#: One generation of the API's read models (``projections.views``).
+_Views = Views
 
 
 class ReadModels:
-    """The API's read models, folded from the notification log.
+    """The API's read models, folded from the notification log in one pass
+    (``projections.views``): alerts inbox, safety metrics, kinetics, participant
+    registry, the DSMB packet's data (the dashboard) and the audit trail.
 
     ``rebuild`` folds a new generation from position zero beside the live one, while
     the live one keeps answering, compares the two at the same log position and, when
@@ -96,7 +87,7 @@ class ReadModels:
     def __init__(self, app: SafetyMonitoring, *, batch_size: int = 1000) -> None:
         self.app = app
         self.batch_size = batch_size
-        self._views = _Views()
+        self._views = Views()
         self._lock = threading.Lock()
 
     @property
@@ -124,18 +115,33 @@ class ReadModels:
         with self._lock:
             return self._fold(self._views)
 
+    def dsmb_report(self, **parameters: Any) -> DSMBReport:
+        """The DSMB packet's data of everything stored so far
+        (``projections.dsmb.DSMBData.report``'s parameters)."""
+        with self._lock:
+            self._fold(self._views)
+            return self._views.dsmb.report(**parameters)
+
+    def audit_entries(
+        self, *, participant_id: str | None = None, since: datetime | None = None
+    ) -> list[AuditEntry]:
+        """The audit trail of everything stored so far, in log order."""
+        with self._lock:
+            self._fold(self._views)
+            return self._views.audit.select(participant_id=participant_id, since=since)
+
     def rebuild(self, *, switch: bool) -> dict[str, Any]:
         """Fold every read model afresh from position zero, compare it with the live
         one at the same position, and switch to it if ``switch``."""
         from services.replay import compare_snapshots, read_model_snapshots
 
-        fresh = _Views()
+        fresh = Views()
         self._fold(fresh)  # the bulk of the work, while the live views answer
         with self._lock:
             self._fold(self._views)
             self._fold(fresh, until=self._views.position)
-            left = read_model_snapshots(self._views)
-            right = read_model_snapshots(fresh)
+            left = read_model_snapshots(self._views, self.app.trial_protocol)
+            right = read_model_snapshots(fresh, self.app.trial_protocol)
             if switch:
                 self._views = fresh
         verdicts, differences = compare_snapshots(left, right)
@@ -147,29 +153,8 @@ class ReadModels:
             "switched": switch,
         }
 
-    def _fold(self, views: _Views, until: int | None = None) -> int:
-        total = 0
-        while True:
-            notifications = self.app.recorder.select_notifications(
-                start=views.position,
-                limit=self.batch_size,
-                stop=until,
-                topics=_VIEW_TOPICS,
-                inclusive_of_start=False,
-            )
-            if not notifications:
-                return total
-            for notification in notifications:
-                event: Any = self.app.mapper.to_domain_event(notification)
-                if isinstance(event, Participant.Registered):
-                    views.participants[(event.trial_id, event.participant_id)] = event.site_id
-                elif isinstance(event, _ALERT_CLASSES):
-                    views.alerts.apply(event.to_contract(), notification.id)
-                views.safety.apply(event)
-                if isinstance(event, Participant.ClinicalEventRecorded):
-                    views.kinetics.apply_clinical(event.event)
-            views.position = notifications[-1].id
-            total += len(notifications)
+    def _fold(self, views: Views, until: int | None = None) -> int:
+        return fold_views(self.app, views, until=until, batch_size=self.batch_size)
 
     def follow(self, stop: threading.Event, poll_seconds: float = 0.1) -> None:
         follow_log(self.refresh, stop, name="API read models", poll_seconds=poll_seconds)
@@ -177,7 +162,7 @@ class ReadModels:
     def lag(self) -> dict[str, bool]:
         """Which followers still have log entries to process (True: behind)."""
         return {
-            "api_views": self._behind(self.position, _VIEW_TOPICS),
+            "api_views": self._behind(self.position, ()),
             "alerts": self._behind(
                 self.app.tracked(alert_service.ALERTS_TRACKING) or 0, alert_service.INPUT_TOPICS
             ),
@@ -190,7 +175,7 @@ class ReadModels:
     def follower_lags(self, dispatch_endpoints: tuple[str, ...] = ()) -> dict[str, int]:
         """Log entries each follower has still to process (capped at ``LAG_CAP``)."""
         followers: dict[str, tuple[int, tuple[str, ...]]] = {
-            "api_views": (self.position, _VIEW_TOPICS),
+            "api_views": (self.position, ()),
             "alerts": (
                 self.app.tracked(alert_service.ALERTS_TRACKING) or 0,
                 alert_service.INPUT_TOPICS,
@@ -233,6 +218,28 @@ class ReadModels:
                 start=position, limit=1, topics=topics, inclusive_of_start=False
             )
         )
+
+
+def fold_views(
+    app: SafetyMonitoring,
+    views: Views,
+    *,
+    until: int | None = None,
+    batch_size: int = 1000,
+) -> int:
+    """Fold ``app``'s stored events after ``views.position`` (up to ``until``) into
+    ``views``: each read once, decoded once if some read model reads it, in one pass
+    for every read model. The number of log entries read."""
+    total = 0
+    decode = app.mapper.to_domain_event
+    while True:
+        notifications = app.recorder.select_notifications(
+            start=views.position, limit=batch_size, stop=until, inclusive_of_start=False
+        )
+        if not notifications:
+            return total
+        views.fold(notifications, decode)
+        total += len(notifications)
 
 
 # ---------------------------------------------------------------- schemas
@@ -790,7 +797,7 @@ def create_app(
                 [{"type": "timezone", "loc": ("query", "since"), "msg": "needs an offset",
                   "input": str(since)}]
             )  # fmt: skip
-        entries = audit_trail(app).select(participant_id=participant_id, since=since)
+        entries = views.audit_entries(participant_id=participant_id, since=since)
         return [AuditEntryOut.model_validate(asdict(e)) for e in entries[:limit]]
 
     @api.get("/audit/as-of/participants/{trial_id}/{participant_id}", tags=["audit"])

@@ -571,16 +571,34 @@ def bench_ingest(
 
 @bench_app.command("replay")
 def bench_replay(
-    participants: Annotated[int, typer.Option(help="Participants stored before timing.")] = 42,
+    participants: Annotated[
+        int, typer.Option(help="Participants simulated in the base (42 a trial).")
+    ] = 42,
+    events: Annotated[
+        int, typer.Option(help="Stored events of the measured store (the base replicated).")
+    ] = 1_000_000,
+    store: Annotated[
+        Path | None,
+        typer.Option(
+            help="The store's SQLite file: built there once and reused (default: under the "
+            "temporary folder, toxwatch-bench/replay-EVENTS-pPARTICIPANTS.sqlite3); a file "
+            "without the bench's .json beside it is measured as it is."
+        ),
+    ] = None,
     runs: Annotated[int, typer.Option(help="Runs (the median is reported).")] = 3,
-    full: Annotated[bool, typer.Option(help="Also time the full re-derivation.")] = True,
+    full: Annotated[
+        bool,
+        typer.Option(help="Also time `toxwatch replay` (re-deriving and not) on the base."),
+    ] = True,
     out: Annotated[Path | None, typer.Option(help="Write the results as JSON.")] = None,
 ) -> None:
-    """Rebuilding from the store (projections only, and in full) next to merely reading
-    and decoding the same stored events."""
+    """Rebuilding every read model from the store (and `toxwatch replay`) next to merely
+    reading and decoding the same stored events."""
     from services.bench_replay import run_replay_bench
 
-    run_replay_bench(participants=participants, runs=runs, full=full, out=out)
+    run_replay_bench(
+        participants=participants, runs=runs, full=full, out=out, events=events, store=store
+    )
 
 
 @bench_app.command("alerts")

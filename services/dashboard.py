@@ -1,8 +1,9 @@
 """The built-in safety dashboard: server-rendered HTML pages under ``/dashboard``.
 
 Eight pages (overview, safety, swimmer, cytopenia, kinetics, disease, alerts,
-optimal dose) read the DSMB report of the trial (``projections.dsmb``), folded
-incrementally from the notification log, and the API's alerts inbox. Charts are
+optimal dose) read the DSMB report of the trial (``projections.dsmb``), from the
+API's read models (``services.api.ReadModels``: folded incrementally from the
+notification log with the alerts inbox and the rest), and the alerts inbox. Charts are
 inline SVG (``services.charts``); the stylesheet is served by the router itself.
 There is no script and no request to another host: the Content-Security-Policy
 allows nothing but this origin's stylesheet.
@@ -18,7 +19,6 @@ No ``from __future__ import annotations``: FastAPI reads annotations at run time
 """
 
 import re
-import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
@@ -41,7 +41,7 @@ from domain.protocol import (
     ProtocolParameters,
 )
 from projections.alerts import AlertRow
-from projections.dsmb import DSMBData, DSMBReport
+from projections.dsmb import DSMBReport
 from services.application import SafetyMonitoring
 from services.auth import Authenticator
 from services.charts import GRADE_COLOURS, SwimmerLane, bar_chart, line_chart, swimmer
@@ -82,42 +82,6 @@ SECURITY_HEADERS = {
 
 
 # ---------------------------------------------------------------- the report
-
-
-class ReportFolder:
-    """The DSMB report's fold (``projections.dsmb.DSMBData``) kept up to date with the
-    notification log: each read folds what was stored since the last one."""
-
-    def __init__(self, app: SafetyMonitoring, *, batch_size: int = 1000) -> None:
-        self.app = app
-        self.batch_size = batch_size
-        self.data = DSMBData()
-        self.position = 0
-        self._lock = threading.Lock()
-
-    def report(
-        self, *, trial_id: str, as_of: datetime, planned_enrolment: int, dose_levels: list[str]
-    ) -> DSMBReport:
-        """The report of everything recorded so far (``as_of`` is stated: it is now)."""
-        with self._lock:
-            self._fold()
-            return self.data.report(
-                trial_id=trial_id,
-                as_of=as_of,
-                planned_enrolment=planned_enrolment,
-                dose_levels=dose_levels,
-            )
-
-    def _fold(self) -> None:
-        while True:
-            notifications = self.app.recorder.select_notifications(
-                start=self.position, limit=self.batch_size, inclusive_of_start=False
-            )
-            if not notifications:
-                return
-            for notification in notifications:
-                self.data.apply(self.app.mapper.to_domain_event(notification), notification.id)
-            self.position = notifications[-1].id
 
 
 def planned_enrolment(protocol: ProtocolParameters) -> tuple[int, str]:
@@ -507,7 +471,6 @@ def dashboard_router(
     left out of the OpenAPI document (they are HTML, not the API)."""
     now = clock or (lambda: datetime.now(UTC))
     env = environment()
-    folder = ReportFolder(app)
     stylesheet = STYLESHEET.read_text()
     router = APIRouter(prefix="/dashboard", include_in_schema=False)
 
@@ -589,7 +552,7 @@ def dashboard_router(
         protocol = app.trial_protocol(trial_id)
         planned, source = planned_enrolment(protocol)
         as_of = now()
-        report = folder.report(
+        report = views.dsmb_report(
             trial_id=trial_id,
             as_of=as_of,
             planned_enrolment=planned,

@@ -31,9 +31,10 @@ from __future__ import annotations
 import copy
 import difflib
 import json
+import re
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -52,6 +53,7 @@ from domain.protocol import ProtocolParameters
 from domain.trial import DoseLevel, Trial
 from infra.settings import Settings
 from projections.alerts import Alert
+from projections.views import Views
 from services.alerts import ALERTS_TRACKING, AlertDesk
 from services.application import SafetyMonitoring
 from services.monitor import MONITOR_TRACKING, TrialMonitor
@@ -135,6 +137,12 @@ class Rebuild:
         self.monitor_runs: set[int] = set()
         self.report = ReplayReport()
         self.live_histories: dict[UUID, list[Any]] = {}
+        #: Each history's stored contents (``_content``), when both stores are plain.
+        self.live_contents: dict[UUID, list[bytes]] = {}
+        self.plain = _plain(live) and _plain(target)
+        #: The read models of both stores, folded from the passes the rebuild makes.
+        self.live_views = Views()
+        self.rebuilt_views = Views()
 
     def run(self) -> ReplayReport:
         started = time.perf_counter()
@@ -144,8 +152,13 @@ class Rebuild:
         for notification in _notifications(self.live):
             self.report.live_events += 1
             event = self.live.mapper.to_domain_event(notification)
+            self.live_views.apply(event, notification.id)
             if _layer(event) is not None:
                 self.live_histories.setdefault(event.originator_id, []).append(event)
+                if self.plain:
+                    self.live_contents.setdefault(event.originator_id, []).append(
+                        _content(notification)
+                    )
             self._replay(notification, event)
             if len(self.pending) >= FLUSH_EVERY or notification.id in marks:
                 self._flush()
@@ -282,12 +295,16 @@ class Rebuild:
 
     def _compare_histories(self) -> None:
         rebuilt: dict[UUID, list[Any]] = {}
+        contents: dict[UUID, list[bytes]] = {}
         count = 0
         for notification in _notifications(self.target):
             count += 1
             event = self.target.mapper.to_domain_event(notification)
+            self.rebuilt_views.apply(event, notification.id)
             if _layer(event) is not None:
                 rebuilt.setdefault(event.originator_id, []).append(event)
+                if self.plain:
+                    contents.setdefault(event.originator_id, []).append(_content(notification))
         self.report.rebuilt_events = count
         for originator in sorted(set(self.live_histories) | set(rebuilt), key=str):
             live = self.live_histories.get(originator, [])
@@ -295,6 +312,8 @@ class Rebuild:
             layer, subject = _describe_aggregate(live or new)
             self.report.compared[layer] += 1
             self.report.compared[f"{layer} events"] += max(len(live), len(new))
+            if self.plain and self.live_contents.get(originator) == contents.get(originator):
+                continue  # stored alike, so alike in canonical form too
             self._compare(layer, subject, live, new)
 
     def _compare(self, layer: str, subject: str, live: list[Any], new: list[Any]) -> None:
@@ -352,8 +371,12 @@ def replay(
 ) -> ReplayReport:
     """Rebuild ``live`` into the empty ``target`` and compare histories and views
     (``rederive`` False: the participants' derivations are taken as stored)."""
-    report = Rebuild(live, target, rederive=rederive).run()
-    verdicts, differences = compare_snapshots(view_snapshots(live), view_snapshots(target))
+    rebuild = Rebuild(live, target, rederive=rederive)
+    report = rebuild.run()
+    verdicts, differences = compare_snapshots(
+        read_model_snapshots(rebuild.live_views, live.trial_protocol),
+        read_model_snapshots(rebuild.rebuilt_views, target.trial_protocol),
+    )
     report.views = verdicts
     report.differences.extend(
         Difference(
@@ -372,10 +395,14 @@ def replay(
 # ---------------------------------------------------------------- views
 
 
-def read_model_snapshots(views: Any) -> dict[str, dict[str, Any]]:
-    """The API's read models (``views``: alerts, safety, kinetics, participants) as
-    plain data keyed by item, without what differs between two faithful runs (write
-    times and log positions)."""
+def read_model_snapshots(
+    views: Any, protocol_of: Callable[[str], ProtocolParameters] | None = None
+) -> dict[str, dict[str, Any]]:
+    """The read models of one generation (``projections.views.Views``, or an object
+    with its alerts, safety, kinetics and participants) as plain data keyed by item,
+    without what differs between two faithful runs (write times and log positions).
+    With ``protocol_of`` (a trial's protocol in force), the DSMB packet's data of each
+    trial too; the audit trail when the generation has one."""
     alerts = {row.alert_id: _normalise(asdict(row)) for row in views.alerts.rows.values()}
     gauges = {
         f"{name}{dict(labels)}": value
@@ -383,7 +410,8 @@ def read_model_snapshots(views: Any) -> dict[str, dict[str, Any]]:
         for labels, value in family.items()
     }
     kinetics: dict[str, Any] = {}
-    for trial_id in sorted({trial for trial, _ in views.participants}):
+    trials = sorted({trial for trial, _ in views.participants})
+    for trial_id in trials:
         kinetics[f"{trial_id} by dose level"] = _normalise(
             views.kinetics.dose_level_summary(trial_id)
         )
@@ -395,7 +423,7 @@ def read_model_snapshots(views: Any) -> dict[str, dict[str, Any]]:
                 "b_cells": subject.b_cells(),
             }
         )
-    return {
+    snapshots: dict[str, dict[str, Any]] = {
         "alerts inbox": alerts,
         "safety metrics": gauges,
         "kinetics": kinetics,
@@ -404,26 +432,53 @@ def read_model_snapshots(views: Any) -> dict[str, dict[str, Any]]:
             for (trial, participant), site in views.participants.items()
         },
     }
+    audit = getattr(views, "audit", None)
+    if audit is not None:
+        snapshots["audit trail"] = _audit_snapshot(audit.entries)
+    dsmb = getattr(views, "dsmb", None)
+    if dsmb is not None and protocol_of is not None:
+        snapshots["DSMB packet data"] = _dsmb_snapshot(dsmb, trials, protocol_of)
+    return snapshots
+
+
+def _audit_snapshot(entries: Iterable[Any]) -> dict[str, Any]:
+    """Audit entries keyed by who did what when (a repeat numbered)."""
+    out: dict[str, Any] = {}
+    seen: Counter[str] = Counter()
+    for entry in entries:
+        key = f"{entry.at.isoformat()} {entry.who}: {entry.action} {entry.what}"
+        seen[key] += 1
+        out[f"{key} #{seen[key]}" if seen[key] > 1 else key] = _normalise(asdict(entry))
+    return out
+
+
+def _dsmb_snapshot(
+    dsmb: Any, trials: Iterable[str], protocol_of: Callable[[str], ProtocolParameters]
+) -> dict[str, Any]:
+    from services.dashboard import planned_enrolment
+
+    snapshot: dict[str, Any] = {}
+    for trial_id in trials:
+        protocol = protocol_of(trial_id)
+        report = dsmb.report(
+            trial_id=trial_id,
+            as_of=None,
+            planned_enrolment=planned_enrolment(protocol)[0],
+            dose_levels=[level.id for level in protocol.dose_levels],
+        )
+        for section, value in _normalise(report.to_dict()).items():
+            snapshot[f"{trial_id} {section}"] = value
+    return snapshot
 
 
 def view_snapshots(app: SafetyMonitoring) -> dict[str, dict[str, Any]]:
     """Every read model folded from ``app``'s log from position zero (the API's and
     the DSMB packet's data), as plain data."""
-    from services.api import ReadModels
-    from services.report import build_report
+    from services.api import fold_views
 
-    models = ReadModels(app)
-    models.refresh()
-    snapshots = read_model_snapshots(models)
-    trials = sorted({trial for trial, _ in models.participants})
-    snapshots["DSMB packet data"] = {
-        f"{trial_id} {section}": value
-        for trial_id in trials
-        for section, value in _normalise(
-            build_report(app, trial_id=trial_id, as_of=None).to_dict()
-        ).items()
-    }
-    return snapshots
+    views = Views()
+    fold_views(app, views)
+    return read_model_snapshots(views, app.trial_protocol)
 
 
 def compare_snapshots(
@@ -457,6 +512,21 @@ def _notifications(app: SafetyMonitoring, topics: Iterable[str] = ()) -> Iterabl
             return
         yield from batch
         after = batch[-1].id
+
+
+def _plain(app: SafetyMonitoring) -> bool:
+    return app.mapper.cipher is None and app.mapper.compressor is None
+
+
+_STORED_AT = re.compile(rb'^\{"timestamp":\{"_type_":"datetime_iso","_data_":"[^"]*"\},?')
+
+
+def _content(notification: Notification) -> bytes:
+    """A plain stored event's topic and state without its write time: two events
+    with equal contents (in one aggregate's history, at one place) have equal
+    canonical forms (:func:`canonical`)."""
+    state = _STORED_AT.sub(b"{", bytes(notification.state), count=1)
+    return notification.topic.encode() + b"\x00" + state
 
 
 def _topic(cls: type) -> str:
