@@ -20,11 +20,13 @@ No ``from __future__ import annotations``: FastAPI reads annotations at run time
 """
 
 import asyncio
+import gc
 import json
 import logging
 import re
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -232,14 +234,30 @@ def fold_views(
     for every read model. The number of log entries read."""
     total = 0
     decode = app.mapper.to_domain_event
-    while True:
-        notifications = app.recorder.select_notifications(
-            start=views.position, limit=batch_size, stop=until, inclusive_of_start=False
-        )
-        if not notifications:
-            return total
-        views.fold(notifications, decode)
-        total += len(notifications)
+    with collector_paused():
+        while True:
+            notifications = app.recorder.select_notifications(
+                start=views.position, limit=batch_size, stop=until, inclusive_of_start=False
+            )
+            if not notifications:
+                return total
+            views.fold(notifications, decode)
+            total += len(notifications)
+
+
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector paused (unless it already was): a fold from
+    position zero keeps millions of containers alive, and every full collection
+    would scan them all again (at a million stored events, over a third of the
+    rebuild's time). What a fold allocates is kept, not cyclic garbage."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 # ---------------------------------------------------------------- schemas
