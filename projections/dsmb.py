@@ -52,7 +52,7 @@ from domain.timeline import TimelineEntry, study_day
 from domain.trial import DoseLevel, TrialSafetyEvent
 from domain.units import UnitConversionError, convert
 from projections.alerts import ALERT_EVENT_CLASSES, AlertsView
-from projections.fold import FanOut, Handler, Routed
+from projections.fold import Handler, Routed
 from projections.kinetics import KineticsView, ParticipantKinetics
 
 UNKNOWN: Final = "unknown"
@@ -197,15 +197,16 @@ class DSMBData:
     alerts: AlertsView = field(default_factory=AlertsView)
     kinetics: KineticsView = field(default_factory=KineticsView)
     position: int = 0
-    _fold: FanOut | None = field(default=None, init=False, repr=False, compare=False)
 
     def apply(self, event: Any, position: int) -> None:
         """Fold one stored domain event at its notification ``position``; events the
         report does not read are ignored."""
         self.position = max(self.position, position)
-        if self._fold is None:
-            self._fold = FanOut(self.parts())
-        self._fold.apply(event, position)
+        cls = type(event)
+        for part in self.parts():
+            handler = part.route(cls)
+            if handler is not None:
+                handler(event, position)
 
     def parts(self) -> tuple[Routed, ...]:
         """The models a fan-out fold feeds (``projections.fold``): this one, its

@@ -39,25 +39,10 @@ class Views:
 
     def __post_init__(self) -> None:
         self.dsmb.kinetics = self.kinetics
-        # The two alerts views are fed here (``route``): one contract event for both.
-        self._fold = FanOut((self, self.safety, self.kinetics, self.dsmb, self.audit))
-
-    def route(self, cls: type) -> Handler | None:
-        """The participant registry's fold (who registered at which site), and the
-        alerts views'."""
-        if issubclass(cls, Participant.Registered):
-            return self._registered
-        if self.alerts.route(cls) is not None:
-            return self._alert
-        return None
-
-    def _registered(self, event: Any, position: int) -> None:
-        self.participants[(event.trial_id, event.participant_id)] = event.site_id
-
-    def _alert(self, event: Any, position: int) -> None:
-        contract = event.to_contract()  # validated once
-        self.alerts.apply(contract, position)
-        self.dsmb.alerts.apply(contract, position)
+        # No model refers back to this generation: dropped, it is freed at once
+        # (not left, a reference cycle, to the cyclic collector).
+        registry = _Registry(self.participants, (self.alerts, self.dsmb.alerts))
+        self._fold = FanOut((registry, self.safety, self.kinetics, self.dsmb, self.audit))
 
     def fold(self, notifications: Sequence[Any], decode: Callable[[Any], Any]) -> int:
         """Fold a page of stored events (eventsourcing notifications, in log order);
@@ -88,3 +73,27 @@ class Views:
         """Everything up to ``position`` is folded."""
         self.position = max(self.position, position)
         self.dsmb.position = max(self.dsmb.position, position)
+
+
+class _Registry:
+    """The participant registry's fold (who registered at which site), and the
+    alerts views' (one validated contract event for both)."""
+
+    def __init__(self, participants: dict[tuple[str, str], str], alerts: tuple[AlertsView, ...]):
+        self.participants = participants
+        self.alerts = alerts
+
+    def route(self, cls: type) -> Handler | None:
+        if issubclass(cls, Participant.Registered):
+            return self._registered
+        if self.alerts[0].route(cls) is not None:
+            return self._alert
+        return None
+
+    def _registered(self, event: Any, position: int) -> None:
+        self.participants[(event.trial_id, event.participant_id)] = event.site_id
+
+    def _alert(self, event: Any, position: int) -> None:
+        contract = event.to_contract()
+        for view in self.alerts:
+            view.apply(contract, position)
