@@ -155,6 +155,7 @@ def test_a_full_cohort_replays_identically(
     assert compared["alert"] == len(models.alerts.rows)
     assert set(report["views"]) == {
         "alerts inbox", "safety metrics", "kinetics", "participants", "DSMB packet data",
+        "audit trail",
     }  # fmt: skip
     assert set(report["views"].values()) == {"identical"}
     assert "identical" in replayed.stdout
