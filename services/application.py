@@ -51,6 +51,7 @@ from services.ingest_sources import (
     IngestSource,
     SourceCheck,
     SourceOutcome,
+    SourceReplaced,
     SourceUnavailable,
 )
 
@@ -136,6 +137,9 @@ class SafetyMonitoring(Application[UUID]):
         self._positions: dict[tuple[str, int], int] = {}
         self._incarnations: dict[str, int] = {}
         self._verified: set[str] = set()
+        #: topic -> the incarnation the consumer was last positioned for
+        #: (``resume_positions``): a batch of another incarnation is not applied.
+        self._positioned: dict[str, int] = {}
 
     # ------------------------------------------------------------------ ingest
 
@@ -147,8 +151,9 @@ class SafetyMonitoring(Application[UUID]):
         fails is a defect, not a reason to stop: the batch is re-applied with that
         message kept in the ingest ledger as ``processing_error``.
 
-        Raises ``SourceUnavailable`` when a topic's id must be checked first and cannot
-        be: nothing is applied.
+        Raises ``SourceUnavailable`` when a topic's id cannot be checked, and
+        ``SourceReplaced`` when the topic was replaced since the consumer was positioned
+        (the replacement is recorded): nothing is applied.
         """
         checks = self._check_sources(messages, now)
         poisoned: dict[tuple[str, int, int], str] = {}
@@ -394,9 +399,11 @@ class SafetyMonitoring(Application[UUID]):
         check = None
         if self.topic_ids is not None and topic not in self._verified:
             check = self.verify_source(topic, now)
-        positions = self.ingest_positions(topic, partitions, incarnation=self.incarnation(topic))
+        incarnation = self.incarnation(topic)
+        positions = self.ingest_positions(topic, partitions, incarnation=incarnation)
         for partition, offset in positions.items():
             self._positions[(topic, partition)] = offset
+        self._positioned[topic] = incarnation
         return positions, check
 
     def verify_source(self, topic: str, now: datetime) -> SourceCheck:
@@ -504,15 +511,24 @@ class SafetyMonitoring(Application[UUID]):
     def _check_sources(
         self, messages: Sequence[InboundMessage], now: datetime
     ) -> list[SourceCheck]:
-        """Check the ids of the batch's topics not checked since the last assignment,
-        and of those where a message would be skipped as already applied."""
+        """Check the id of every topic of the batch, every batch (one metadata request).
+
+        The batch was fetched before the check, so an unchanged id means it came from
+        the topic the positions belong to. Checking only on an assignment or before a
+        skip is not enough: after a broker restart the consumer can fetch the new topic
+        at the old topic's offsets before any rebalance, and nothing else shows it
+        (those offsets are past the positions). The check cannot see a broker that
+        serves stale metadata (a Kafka cluster still propagating a recreation)."""
         if self.topic_ids is None:
             return []
-        due = dict.fromkeys(m.topic for m in messages if m.topic not in self._verified)
-        for message in messages:
-            if message.offset < self.next_offset(message.topic, message.partition):
-                due[message.topic] = None
-        return [self.verify_source(topic, now) for topic in due]
+        checks = []
+        for topic in dict.fromkeys(m.topic for m in messages):
+            check = self.verify_source(topic, now)
+            positioned = self._positioned.get(topic)
+            if positioned is not None and check.incarnation != positioned:
+                raise SourceReplaced(check, positioned)
+            checks.append(check)
+        return checks
 
     def _source(self, topic: str) -> IngestSource | None:
         try:

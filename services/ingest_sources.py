@@ -46,6 +46,24 @@ class SourceUnavailable(ToxWatchError):
     A batch that needs the check is not applied until it can be made."""
 
 
+class SourceReplaced(ToxWatchError):
+    """The inbound topic was replaced while this process consumed it, with no
+    rebalance between: the consumer was positioned for one incarnation and a batch's
+    check found another. The batch in hand may come from the old topic, or from the
+    new one read at the old topic's offsets, so nothing of it is applied; the
+    replacement is recorded (``check``) and the consumer must be positioned again
+    from the store's positions of the new incarnation."""
+
+    def __init__(self, check: SourceCheck, positioned: int) -> None:
+        super().__init__(
+            f"inbound topic {check.topic} was replaced while being consumed (consumer "
+            f"positioned for incarnation {positioned}, the topic is now incarnation "
+            f"{check.incarnation})"
+        )
+        self.check = check
+        self.positioned = positioned
+
+
 class NotAReplacement(ProtocolViolation):
     """A replacement by the id the topic already has."""
 

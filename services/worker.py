@@ -4,10 +4,12 @@ faust consumes at-least-once; each batch is applied with ``SafetyMonitoring.appl
 (new domain events and the partitions' positions in one transaction) before faust
 acknowledges it, so a redelivered message is skipped by its tracked offset.
 
-The inbound topic's id is checked when partitions are assigned and whenever a batch
-would skip a message as already applied: a topic deleted and recreated (or lost with
-the broker's data) is recorded as replaced and applied afresh from offset 0
-(``services.ingest_sources``).
+The inbound topic's id is checked when partitions are assigned and before every batch
+is applied: a topic deleted and recreated (or lost with the broker's data) is recorded
+as replaced and applied afresh from offset 0 (``services.ingest_sources``). Found at an
+assignment, the consumer is positioned there; found by a batch (no rebalance yet), the
+batch is not applied and the process exits for its supervisor to restart it, since the
+consumer's position and buffer belong to the old topic.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from infra.kafka import TopicIds
 from infra.metrics import Metrics
 from infra.settings import Settings
 from services.application import STORE_ERRORS, BatchOutcome, InboundMessage, SafetyMonitoring
-from services.ingest_sources import SourceCheck, SourceUnavailable
+from services.ingest_sources import SourceCheck, SourceReplaced, SourceUnavailable
 
 log = logging.getLogger(__name__)
 MAX_STORE_BACKOFF_S = 5.0
@@ -197,7 +199,7 @@ def create_faust_app(
                 )
                 for e in events
             ]
-            outcome = await _apply_until_stored(loop, executor, application, messages)
+            outcome = await _apply_until_stored(loop, executor, application, messages, metrics)
             record_outcome(metrics, outcome, len(messages))
             _record_lag(app, metrics, outcome)
             if outcome.rejected:
@@ -261,17 +263,27 @@ async def _apply_until_stored(
     executor: ThreadPoolExecutor,
     application: SafetyMonitoring,
     messages: list[InboundMessage],
+    metrics: Metrics,
 ) -> BatchOutcome:
     """Apply a batch until the store takes it: a store failure (lost connection, full
     or read-only disk), or an inbound topic whose id must be checked and cannot be, is
     waited out with backoff and never skipped (faust would commit the batch's offsets
-    once the agent moved on); if it lasts, and on any other failure (a defect this
-    process cannot contain), the process exits without committing, and its successor
+    once the agent moved on); if it lasts, on an inbound topic replaced while it was
+    consumed (``SourceReplaced``), and on any other failure (a defect this process
+    cannot contain), the process exits without committing, and its successor
     (restarted by its supervisor) resumes from the store's positions."""
     delay = 0.2
     for attempt in range(1, STORE_ATTEMPTS + 1):
         try:
             return await loop.run_in_executor(executor, _apply, application, messages)
+        except SourceReplaced as replaced:
+            # The consumer's position and what it has buffered belong to the old
+            # incarnation: a fresh process is positioned from the store's positions of
+            # the new one (recorded by now), as after any restart.
+            record_source_check(metrics, replaced.check)
+            log.critical("%s: exiting to resume from the store's positions", replaced)
+            logging.shutdown()
+            os._exit(75)
         except RETRIED_ERRORS as error:
             first = messages[0]
             if attempt == STORE_ATTEMPTS:

@@ -15,7 +15,7 @@ import pytest
 from infra.kafka import TopicIdentity
 from services.alerts import AlertDesk
 from services.application import SafetyMonitoring
-from services.ingest_sources import IngestSource, SourceUnavailable
+from services.ingest_sources import IngestSource, SourceReplaced, SourceUnavailable
 from services.offline import in_memory_application
 from tests.application.test_ingest import INFUSION, TOPIC, at_offsets, clinical, course
 
@@ -152,7 +152,7 @@ def test_a_redelivery_after_the_replacement_is_still_skipped(
 
     again = app.apply_batch(batch, now=NOW)
 
-    # The skip made the worker look the id up again: the same topic, a redelivery.
+    # The batch's check finds the same topic: a redelivery.
     assert topic_ids.lookups == lookups + 1
     assert [c.outcome for c in again.source_checks] == ["unchanged"]
     assert (again.already_applied, again.accepted, again.new_domain_events) == (3, 0, 0)
@@ -160,14 +160,52 @@ def test_a_redelivery_after_the_replacement_is_still_skipped(
     assert len(replacements(app)) == 1
 
 
-def test_ordinary_batches_do_not_look_the_id_up_again(
+def test_every_batch_checks_the_id_once(app: SafetyMonitoring, topic_ids: FakeTopicIds) -> None:
+    values = course()
+    first = app.apply_batch(at_offsets(values[:1]), now=NOW)
+    second = app.apply_batch(at_offsets(values[1:], first=1), now=NOW)
+
+    assert topic_ids.lookups == 2
+    assert [c.outcome for c in first.source_checks + second.source_checks] == [
+        "bound",
+        "unchanged",
+    ]
+
+
+def test_a_topic_replaced_while_consumed_without_a_rebalance_applies_nothing_of_the_batch(
     app: SafetyMonitoring, topic_ids: FakeTopicIds
 ) -> None:
-    values = course()
-    app.apply_batch(at_offsets(values[:1]), now=NOW)
-    app.apply_batch(at_offsets(values[1:], first=1), now=NOW)
+    """After a broker restart the consumer, positioned for the old topic at offset 3,
+    fetches the new topic from offset 3 before any rebalance: offsets past the
+    positions, nothing skipped, so only the id tells. The batch belongs to no
+    incarnation the consumer was positioned for: it is not applied, the replacement
+    is recorded, and a fresh consumer is positioned at the new topic's offset 0."""
+    app.apply_batch(at_offsets(course()), now=NOW)
+    assert app.resume_positions(TOPIC, range(PARTITIONS), NOW)[0][0] == 3
+    topic_ids.recreate()
+    before = len(stored_topics(app))
 
-    assert topic_ids.lookups == 1
+    with pytest.raises(SourceReplaced) as raised:
+        app.apply_batch(at_offsets(later_course(), first=3), now=NOW)
+
+    assert (raised.value.positioned, raised.value.check.incarnation) == (0, 1)
+    assert raised.value.check.outcome == "replaced"
+    stored = stored_topics(app)
+    # Only the replacement (and no clinical record, no position) was stored.
+    assert [t.rsplit(".", 1)[-1] for t in stored[before:]] == ["Replaced"]
+    assert app.ingest_positions(TOPIC, [0]) == {0: 0}
+    # The successor process is positioned at offset 0 of the new topic and applies it.
+    successor = SafetyMonitoring(app.env)
+    try:
+        successor.topic_ids = topic_ids
+        positions, check = successor.resume_positions(TOPIC, range(PARTITIONS), NOW)
+        assert positions == {0: 0, 1: 0, 2: 0, 3: 0}
+        assert check is not None and check.outcome == "unchanged"
+        outcome = successor.apply_batch(at_offsets(later_course()), now=NOW)
+        assert (outcome.accepted, outcome.already_applied) == (3, 0)
+        assert successor.ingest_positions(TOPIC, [0]) == {0: 3}
+    finally:
+        successor.close()
 
 
 def test_after_an_assignment_a_topic_grown_past_the_old_positions_is_still_found_replaced(
