@@ -380,6 +380,21 @@ class Supervisor:
                 self.restarts += 1
                 self.start(command)
 
+    @contextlib.contextmanager
+    def paused(self, *commands: str) -> Iterator[None]:
+        """SIGSTOP services for the length of the block and SIGCONT them after it,
+        whatever happens in it (a service is never left stopped). A stopped process is
+        alive to ``check`` (``poll`` reports exits, not stops): it is neither counted
+        as exited nor started a second time."""
+        stopped = [self.processes[command] for command in commands]
+        for process in stopped:
+            process.signal(signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            for process in stopped:
+                process.signal(signal.SIGCONT)
+
     def restart_all(self) -> None:
         """SIGKILL every service and start it again (what an operator does to a stuck
         pipeline)."""
@@ -392,6 +407,7 @@ class Supervisor:
     def stop_all(self, timeout: float = 10.0) -> None:
         for process in self.processes.values():
             process.signal(signal.SIGTERM)
+            process.signal(signal.SIGCONT)  # a stopped process acts on it once continued
         deadline = time.monotonic() + timeout
         for process in self.processes.values():
             try:
