@@ -380,6 +380,21 @@ class Supervisor:
                 self.restarts += 1
                 self.start(command)
 
+    @contextlib.contextmanager
+    def paused(self, *commands: str) -> Iterator[None]:
+        """SIGSTOP services for the length of the block and SIGCONT them after it,
+        whatever happens in it (a service is never left stopped). A stopped process is
+        alive to ``check`` (``poll`` reports exits, not stops): it is neither counted
+        as exited nor started a second time."""
+        stopped = [self.processes[command] for command in commands]
+        for process in stopped:
+            process.signal(signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            for process in stopped:
+                process.signal(signal.SIGCONT)
+
     def restart_all(self) -> None:
         """SIGKILL every service and start it again (what an operator does to a stuck
         pipeline)."""
@@ -392,6 +407,7 @@ class Supervisor:
     def stop_all(self, timeout: float = 10.0) -> None:
         for process in self.processes.values():
             process.signal(signal.SIGTERM)
+            process.signal(signal.SIGCONT)  # a stopped process acts on it once continued
         deadline = time.monotonic() + timeout
         for process in self.processes.values():
             try:
@@ -510,6 +526,12 @@ class Published:
 
     def header(self, name: str) -> bytes | None:
         return next((v for k, v in self.headers if k == name), None)
+
+    @property
+    def event_id(self) -> str | None:
+        """The id of the event (or alert) it carries, as JSON."""
+        document = json.loads(self.value or b"{}")
+        return document.get("event_id") if isinstance(document, dict) else None
 
 
 def read_topic(servers: str, topic: str, timeout: float = 30.0) -> list[Published]:
@@ -709,8 +731,9 @@ class Run:
         self.group = f"{self.namespace}-ingest"
         self.app_name = f"toxwatch_faults_{self.namespace}"
         self.ends: dict[int, int] = {}
-        self.relay_floor = 0  # positions published before a broker restart
-        self.dispatch_floor = 0
+        #: What the broker held on the safety and the Kafka alerts topic ("safety",
+        #: "alerts") when it was restarted: published before the restart, gone with it.
+        self.gone: dict[str, list[Published]] = {"safety": [], "alerts": []}
 
     # -------------------------------------------------------------- set up
 
@@ -901,13 +924,14 @@ class Run:
 
     def stream_through_broker_restart(self, app: Any, supervisor: Supervisor) -> None:
         """Produce a first part and kill the broker at a random point of its ingest (the
-        worker may still be consuming it; the relay and the dispatcher are publishing);
-        start it again on the same port (in memory: empty) and create the topics as
-        ``toxwatch broker`` does. The worker finds the inbound topic replaced and
-        records it; once it has, the positions of the old topic no longer move, and
-        the harness, as a producer with an outbox, reports the sends the broker had
-        acknowledged at or past them (the broker lost them before the store applied
-        them: ``broker_lost``) and sends them again before the rest."""
+        worker may still be consuming it; the relay and the dispatcher publishing; all
+        three stopped around the restart: ``restart_broker``); start it again on the same
+        port (in memory: empty) and create the topics as ``toxwatch broker`` does. The
+        worker finds the inbound topic replaced and records it; once it has, the
+        positions of the old topic no longer move, and the harness, as a producer with
+        an outbox, reports the sends the broker had acknowledged at or past them (the
+        broker lost them before the store applied them: ``broker_lost``) and sends them
+        again before the rest."""
         messages = self.reference.messages
         topic = self.topics["clinical"]
         split = int(len(messages) * self.rng.uniform(0.3, 0.6))
@@ -920,22 +944,14 @@ class Run:
         self.wait(lambda: self.applied(app) > 0, app, supervisor, stall=120)
         self.wait(lambda: self.applied(app) >= fraction * self.total(), app, supervisor)
         time.sleep(self.rng.uniform(0, 0.3))
-        self.relay_floor = app.tracked("relay") or 0
-        self.dispatch_floor = app.tracked("dispatch:integrations") or 0
         before = app.ingest_source(topic)
         incarnation = before.incarnation if before is not None else 0
-        process = self.broker.process
-        assert process is not None
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(10)
-        self.broker.process = None
-        self.broker.start()
-        from infra.broker import ensure_topics
-
-        ensure_topics(self.servers, self.topics.values(), PARTITIONS)
+        # The worker is stopped too, so that the broker dies where the worker had got
+        # to: in the pause it would otherwise apply the rest of the first part, and the
+        # broker would lose nothing the store had not applied (``broker_lost`` 0).
+        with supervisor.paused("worker", "relay", "dispatcher"):
+            self.restart_broker(app)
         self.result.faults += 1
-        self.relay_floor = max(self.relay_floor, app.tracked("relay") or 0)
-        self.dispatch_floor = max(self.dispatch_floor, app.tracked("dispatch:integrations") or 0)
         stored = self.old_positions(app, supervisor, incarnation)
         lost = [
             (message, partition)
@@ -953,6 +969,34 @@ class Run:
         )
         self.result.count("resent", reported, "clinical sends the producer reported failed")
         self.ends = ends_of(placements)
+
+    def restart_broker(self, app: Any) -> None:
+        """Kill the broker and start it again (empty), the services that use it stopped
+        around it (``Supervisor.paused``). Which derived events and alerts went with it cannot be
+        told from the relay's and the dispatcher's positions: they record one only once
+        a whole batch is acknowledged, and a batch in flight at the kill may have part
+        of its sends acknowledged by the old broker (gone with it) and the rest sent
+        again to the new one, the position recorded later still. So, once the broker
+        has answered what they had already sent (a second), the harness reads what it
+        holds on the safety and the Kafka alerts topics: that, and only that, is gone
+        (``check_published``, ``check_delivered``); what they send after it goes to the
+        new broker."""
+        time.sleep(1.0)
+        self.gone = {
+            name: read_topic(self.servers, self.topics[name]) for name in ("safety", "alerts")
+        }
+        self.result.notes.append(
+            f"the store had applied {self.tracked(app)} of {self.ends} when the broker was killed"
+        )
+        process = self.broker.process
+        assert process is not None
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(10)
+        self.broker.process = None
+        self.broker.start()
+        from infra.broker import ensure_topics
+
+        ensure_topics(self.servers, self.topics.values(), PARTITIONS)
 
     def old_positions(self, app: Any, supervisor: Supervisor, incarnation: int) -> dict[int, int]:
         """The positions the store applied of the topic the broker lost: final once the
@@ -1118,17 +1162,19 @@ class Run:
             return False
         # The relay flushes before it records its position: this is only the read
         # catching up (what never arrives is counted lost by ``check_published``).
-        stored = len(self.stored_safety(app)) - self.relay_floor_count(app)
+        wanted = {e["event_id"] for _, e in self.stored_safety(app)} - self.gone_ids("safety")
+        topic = self.topics["safety"]
         self.wait(
-            lambda: len(read_topic(self.servers, self.topics["safety"], 10)) >= stored,
+            lambda: wanted <= {r.event_id for r in read_topic(self.servers, topic, 10)},
             app,
             supervisor,
             timeout=20,
         )
         return True
 
-    def relay_floor_count(self, app: Any) -> int:
-        return sum(1 for position, _ in self.stored_safety(app) if position <= self.relay_floor)
+    def gone_ids(self, name: str) -> set[str | None]:
+        """The ids of what went with the broker's restart from the topic ``name``."""
+        return {record.event_id for record in self.gone[name]}
 
     # -------------------------------------------------------------- checks
 
@@ -1201,14 +1247,17 @@ class Run:
         compare_sequences(self.result, "alert events", {"alerts": actual}, {"alerts": replayed})
 
     def check_published(self, stored: list[tuple[int, dict[str, Any]]]) -> None:
+        """Every stored derived event on the safety topic once, as stored, unless the
+        broker held it when it was restarted (``restart_broker``: gone with it; the
+        relay may have sent it again if the broker's answer went with it too). What
+        the old broker held is checked like the rest, and once on its own."""
         from services.relay import POSITION_HEADER
 
         by_id = {e["event_id"]: (position, e) for position, e in stored}
-        published: Counter[str] = Counter()
+        current = read_topic(self.servers, self.topics["safety"])
         differing = 0
-        for record in read_topic(self.servers, self.topics["safety"]):
+        for record in [*self.gone["safety"], *current]:
             event = json.loads(record.value or b"{}")
-            published[event.get("event_id")] += 1
             position, original = by_id.get(event.get("event_id"), (None, None))
             header = record.header(POSITION_HEADER)
             if event != original or header != str(position).encode():
@@ -1216,22 +1265,28 @@ class Run:
         self.result.count(
             "mismatches", differing, "published events differing from the store (or unknown)"
         )
-        wanted = {e["event_id"]: e for position, e in stored if position > self.relay_floor}
-        gone = sum(1 for position, _ in stored if position <= self.relay_floor)
+        published = Counter(record.event_id for record in current)
+        gone = Counter(record.event_id for record in self.gone["safety"])
         if gone:
+            again = sum(1 for e in gone if published[e])
             self.result.notes.append(
-                f"{gone} derived events published before the broker restart went with it"
+                f"{len(gone)} derived events published before the broker restart went with "
+                f"it ({again} of them published again after it)"
             )
-        unpublished = sorted(by_id[e][0] for e in wanted if not published[e])
+        unpublished = sorted(
+            position
+            for position, e in stored
+            if not published[e["event_id"]] and not gone[e["event_id"]]
+        )
         self.result.count(
             "lost",
             len(unpublished),
             f"derived events never published on the safety topic (log positions "
-            f"{unpublished[:10]}; relay floor {self.relay_floor})",
+            f"{unpublished[:10]}; {len(gone)} went with the broker's restart)",
         )
         self.result.count(
             "duplicated",
-            sum(n - 1 for n in published.values() if n > 1),
+            sum(n - 1 for counts in (published, gone) for n in counts.values() if n > 1),
             "derived events published more than once",
         )
 
@@ -1264,14 +1319,16 @@ class Run:
             if d.idempotency_key in wanted and d.body != wanted[d.idempotency_key]
         )
         self.result.count("mismatches", differing, "webhook bodies differing from the stored alert")
-        # Kafka alerts topic (after a broker restart: what was delivered since).
-        wanted_kafka = {
-            a.event_id for p, a, _ in alerts if kafka_endpoint.wants(a) and p > self.dispatch_floor
-        }
-        on_topic = Counter(
-            json.loads(r.value or b"{}").get("event_id")
-            for r in read_topic(self.servers, self.topics["alerts"])
-        )
+        # Kafka alerts topic: every wanted alert but those the broker held when it was
+        # restarted (``restart_broker``: gone with it).
+        gone = self.gone_ids("alerts")
+        if gone:
+            self.result.notes.append(
+                f"{len(gone)} alerts delivered to the Kafka topic before the broker restart "
+                "went with it"
+            )
+        wanted_kafka = {a.event_id for _, a, _ in alerts if kafka_endpoint.wants(a)} - gone
+        on_topic = Counter(r.event_id for r in read_topic(self.servers, self.topics["alerts"]))
         self.result.count(
             "lost", len(wanted_kafka - set(on_topic)), "alerts never delivered to the Kafka topic"
         )
