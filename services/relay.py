@@ -4,10 +4,13 @@ Derived safety events go to ``toxwatch.safety.v1`` keyed by participant, rejecte
 messages (kept in the ingest ledger) to ``toxwatch.clinical.v1.rejected`` unchanged,
 with the error in the ``error`` header. The relay tracks its position in the store
 after each flushed batch; each message carries its log position in a header, and on
-start the relay skips, partition by partition, what each partition's last message
-shows was already published, so a restart republishes nothing that reached the broker
-and passes over nothing that did not (a broker restart can fail the sends to one
-partition while later ones reach the others).
+start the relay reads which positions past its own each partition already holds and
+skips exactly those, so a restart republishes nothing that reached the broker and
+passes over nothing that did not. Neither "everything below the highest position any
+partition holds" nor "below the highest one this partition holds" is safe: a broker
+restart can fail the sends to one partition while later ones reach the others, and
+after it an idempotent producer's earlier batch to a partition can fail
+(``OutOfOrderSequenceNumber``) while a later one to the same partition was stored.
 """
 
 from __future__ import annotations
@@ -47,23 +50,26 @@ class Relay:
         self.settings = settings
         self.metrics = metrics or Metrics()
         self.position = application.tracked(RELAY_NAME) or 0
-        #: While catching up after a restart: (topic, partition) -> the log position
-        #: of the last message that partition holds.
-        self.published: dict[tuple[str, int], int] = {}
+        #: While catching up after a restart: (topic, partition) -> the log positions
+        #: past the store's position that partition already holds.
+        self.published: dict[tuple[str, int], set[int]] = {}
 
     def reconcile(self, bootstrap_servers: str) -> None:
         """Find what the output topics show was already published past the store's
         position: until the relay has caught up with it, each message that its
         partition already holds is skipped."""
-        published = last_published_positions(
-            bootstrap_servers, [self.settings.safety_topic, self.settings.rejected_topic]
+        published = published_positions(
+            bootstrap_servers,
+            [self.settings.safety_topic, self.settings.rejected_topic],
+            after=self.position,
         )
-        ahead = max(published.values(), default=0)
-        if ahead > self.position:
+        published = {tp: positions for tp, positions in published.items() if positions}
+        if published:
             log.info(
-                "relay resumes after %d, skipping what each partition holds (up to %d)",
+                "relay resumes after %d, skipping the %d positions the partitions hold (up to %d)",
                 self.position,
-                ahead,
+                sum(len(positions) for positions in published.values()),
+                max(max(positions) for positions in published.values()),
             )
             self.published = published
 
@@ -74,7 +80,9 @@ class Relay:
         if not notifications:
             return 0
         sent = self._publish(notifications)
-        if self.published and notifications[-1].id >= max(self.published.values()):
+        if self.published and notifications[-1].id >= max(
+            (max(positions) for positions in self.published.values() if positions), default=0
+        ):
             self.published = {}  # caught up
         self.producer.flush()
         for future in sent:
@@ -107,8 +115,8 @@ class Relay:
             else:
                 continue
             partition = self._partition(topic, key, notification.id)
-            if partition is not None and self.published.get((topic, partition), 0) >= (
-                notification.id
+            if partition is not None and notification.id in self.published.get(
+                (topic, partition), ()
             ):
                 continue  # that partition holds it already
             future = self.producer.send(
@@ -139,40 +147,59 @@ def _decode(encoded: str | None) -> bytes | None:
     return base64.b64decode(encoded) if encoded is not None else None
 
 
-def last_published_positions(
-    bootstrap_servers: str, topics: Sequence[str]
-) -> dict[tuple[str, int], int]:
-    """The highest log position in the tail of each partition of ``topics``.
+def published_positions(
+    bootstrap_servers: str, topics: Sequence[str], *, after: int
+) -> dict[tuple[str, int], set[int]]:
+    """The log positions past ``after`` that each partition of ``topics`` holds.
 
-    Reads from just before each partition's reported end to the real end (some
-    brokers report the end of the last record batch's first record), so that the
-    last message published is always seen.
+    Reads each partition's tail to its real end (some brokers report the end of the
+    last record batch's first record), from a window before the reported end that
+    widens until it reaches a position at or below ``after``, or the partition's
+    beginning: what lies past the relay's position is what it sent since it last
+    recorded one (a batch, or a few if it failed repeatedly).
     """
     consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False)
     try:
-        best: dict[tuple[str, int], int] = {}
+        found: dict[tuple[str, int], set[int]] = {}
         for topic in topics:
             tps = [
                 TopicPartition(topic, p)
                 for p in sorted(consumer.partitions_for_topic(topic) or set())
             ]
-            ends = consumer.end_offsets(tps) if tps else {}
-            tails = [tp for tp in tps if ends[tp] > 0]
-            if not tails:
+            if not tps:
                 continue
-            consumer.assign(tails)
-            for tp in tails:
-                consumer.seek(tp, ends[tp] - 1)
-            empty_polls = 0
-            while empty_polls < 2:
-                polled = consumer.poll(timeout_ms=500)
-                empty_polls = 0 if polled else empty_polls + 1
-                for tp, records in polled.items():
-                    for record in records:
-                        for name, value in record.headers or []:
-                            if name == POSITION_HEADER:
-                                key = (tp.topic, tp.partition)
-                                best[key] = max(best.get(key, 0), int(value))
-        return best
+            begins = consumer.beginning_offsets(tps)
+            ends = consumer.end_offsets(tps)
+            window = 512
+            pending = [tp for tp in tps if ends[tp] > begins[tp]]
+            while pending:
+                starts = {tp: max(begins[tp], ends[tp] - window) for tp in pending}
+                read = _positions_from(consumer, starts)
+                widen = []
+                for tp in pending:
+                    positions = read.get(tp, [])
+                    found[(tp.topic, tp.partition)] = {p for p in positions if p > after}
+                    if starts[tp] > begins[tp] and (not positions or min(positions) > after):
+                        widen.append(tp)
+                pending, window = widen, window * 4
+        return found
     finally:
         consumer.close()
+
+
+def _positions_from(consumer: KafkaConsumer, starts: dict[Any, int]) -> dict[Any, list[int]]:
+    """The position headers of every message from ``starts`` to each partition's end."""
+    consumer.assign(list(starts))
+    for tp, offset in starts.items():
+        consumer.seek(tp, offset)
+    read: dict[Any, list[int]] = {tp: [] for tp in starts}
+    empty_polls = 0
+    while empty_polls < 2:
+        polled = consumer.poll(timeout_ms=500)
+        empty_polls = 0 if polled else empty_polls + 1
+        for tp, records in polled.items():
+            for record in records:
+                for name, value in record.headers or []:
+                    if name == POSITION_HEADER:
+                        read[tp].append(int(value))
+    return read

@@ -166,7 +166,11 @@ def test_a_restarted_relay_publishes_what_one_partition_lacks_though_others_are_
         partition_of = {key: (murmur2(key) & 0x7FFFFFFF) % 4 for _, key in derived}
         failed = partition_of[derived[0][1]]  # the first event's partition lost its sends
         last = derived[-1][0]
-        held = {(settings.safety_topic, p): last for p in range(4) if p != failed}
+        held = {
+            (settings.safety_topic, p): {n for n, key in derived if partition_of[key] == p}
+            for p in range(4)
+            if p != failed
+        }
         assert held, "the cohort should span several partitions"
         producer = _PartitionedProducer()
         relay = Relay(app, producer, settings)
@@ -181,6 +185,41 @@ def test_a_restarted_relay_publishes_what_one_partition_lacks_though_others_are_
         ]
         assert {p for _, p, _ in producer.sends} == {failed}
         assert resent and (app.tracked(RELAY_NAME) or 0) >= last
+        assert relay.published == {}, "caught up"
+    finally:
+        app.close()
+
+
+def test_a_restarted_relay_publishes_what_a_partition_lacks_below_what_it_holds() -> None:
+    """After a broker restart an idempotent producer's earlier batch to a partition
+    failed (``OutOfOrderSequenceNumber``) while a later one to the same partition was
+    stored: the partition holds a position without the earlier ones. The restarted
+    relay skips exactly what the partition holds and publishes the rest."""
+    from kafka.partitioner.default import murmur2
+
+    app, _ = _application_with_derived_events()
+    try:
+        settings = Settings()
+        derived = [
+            (n.id, app.mapper.to_domain_event(n).to_contract().participant_id.encode())
+            for n in app.safety_notifications(0, 10_000)
+        ]
+        partition_of = {key: (murmur2(key) & 0x7FFFFFFF) % 4 for _, key in derived}
+        partition = partition_of[derived[0][1]]
+        in_partition = [n for n, key in derived if partition_of[key] == partition]
+        assert len(in_partition) >= 2, "the first participant should have several events"
+        # The partition holds only its last event: every earlier one is missing.
+        held = {(settings.safety_topic, partition): {in_partition[-1]}}
+        producer = _PartitionedProducer()
+        relay = Relay(app, producer, settings)
+        relay.published = held
+
+        while relay.run_once():
+            pass
+
+        assert len(producer.sends) == len(derived) - 1, "all but the one the partition holds"
+        to_partition = [key for _, _, key in producer.sends if partition_of[key] == partition]
+        assert len(to_partition) == len(in_partition) - 1
         assert relay.published == {}, "caught up"
     finally:
         app.close()
