@@ -150,20 +150,28 @@ class _PartitionedProducer(_Producer):
         return super().send(topic, **kwargs)
 
 
+def _derived_and_partitions(
+    app: Any,
+) -> tuple[list[tuple[int, bytes]], dict[bytes, int]]:
+    """The derived events' log positions and keys, and each key's partition of 4 as the
+    producer's default partitioner picks it."""
+    from kafka.partitioner.default import murmur2
+
+    derived = [
+        (n.id, app.mapper.to_domain_event(n).to_contract().participant_id.encode())
+        for n in app.safety_notifications(0, 10_000)
+    ]
+    return derived, {key: (murmur2(key) & 0x7FFFFFFF) % 4 for _, key in derived}
+
+
 def test_a_restarted_relay_publishes_what_one_partition_lacks_though_others_are_ahead() -> None:
     """A broker restart failed the sends to one partition while later events reached
     the others: the relay, restarted, must skip per partition what each holds, not
     everything below the highest position any holds."""
-    from kafka.partitioner.default import murmur2
-
     app, _ = _application_with_derived_events()
     try:
         settings = Settings()
-        derived = [
-            (n.id, app.mapper.to_domain_event(n).to_contract().participant_id.encode())
-            for n in app.safety_notifications(0, 10_000)
-        ]
-        partition_of = {key: (murmur2(key) & 0x7FFFFFFF) % 4 for _, key in derived}
+        derived, partition_of = _derived_and_partitions(app)
         failed = partition_of[derived[0][1]]  # the first event's partition lost its sends
         last = derived[-1][0]
         held = {
@@ -195,16 +203,10 @@ def test_a_restarted_relay_publishes_what_a_partition_lacks_below_what_it_holds(
     failed (``OutOfOrderSequenceNumber``) while a later one to the same partition was
     stored: the partition holds a position without the earlier ones. The restarted
     relay skips exactly what the partition holds and publishes the rest."""
-    from kafka.partitioner.default import murmur2
-
     app, _ = _application_with_derived_events()
     try:
         settings = Settings()
-        derived = [
-            (n.id, app.mapper.to_domain_event(n).to_contract().participant_id.encode())
-            for n in app.safety_notifications(0, 10_000)
-        ]
-        partition_of = {key: (murmur2(key) & 0x7FFFFFFF) % 4 for _, key in derived}
+        derived, partition_of = _derived_and_partitions(app)
         partition = partition_of[derived[0][1]]
         in_partition = [n for n, key in derived if partition_of[key] == partition]
         assert len(in_partition) >= 2, "the first participant should have several events"
