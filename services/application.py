@@ -140,6 +140,9 @@ class SafetyMonitoring(Application[UUID]):
         #: topic -> the incarnation the consumer was last positioned for
         #: (``resume_positions``): a batch of another incarnation is not applied.
         self._positioned: dict[str, int] = {}
+        #: topic -> (topic id, incarnation) last checked: a batch finding the same id
+        #: needs no store read (an id's incarnation never changes).
+        self._checked: dict[str, tuple[str, int]] = {}
 
     # ------------------------------------------------------------------ ingest
 
@@ -414,6 +417,11 @@ class SafetyMonitoring(Application[UUID]):
         another process records the same replacement first, this one adopts it.
         Raises ``SourceUnavailable`` when the id cannot be looked up."""
         identity = self._identify(topic)
+        checked = self._checked.get(topic)
+        if checked is not None and checked[0] == identity.topic_id:
+            check = SourceCheck(topic, "unchanged", checked[1], identity.topic_id)
+            self._adopt(check)
+            return check
         tried: SourceOutcome | None = None  # what this process tried to record
         for attempt in range(1, MAX_ATTEMPTS + 1):
             source = self._source(topic)
@@ -453,6 +461,7 @@ class SafetyMonitoring(Application[UUID]):
                 del self._positions[key]
         self._incarnations[topic] = check.incarnation
         self._verified.add(topic)
+        self._checked[topic] = (check.topic_id, check.incarnation)
         if check.outcome == "replaced":
             log.critical(
                 "inbound topic %s was replaced (topic id %s, now %s): it was deleted and "
