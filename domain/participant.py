@@ -141,6 +141,8 @@ _AE_TYPES = frozenset({"adverse_event.reported", "death.reported", "adjudication
 _DLT_TYPES = frozenset(
     {"adverse_event.reported", "death.reported", "participant.withdrawn", "adjudication.recorded"}
 )
+#: The timeline entries the DLT evaluation reads besides the published grades.
+_DLT_INPUT_TYPES = ("death.reported", "participant.withdrawn", "adjudication.recorded")
 _GATE_TYPES = frozenset({"eligibility.confirmed", "lymphodepletion.administered"})
 _SAE_TYPES = frozenset({"adverse_event.reported", "encounter.changed", "adjudication.recorded"})
 _IECHS_ANALYTES = frozenset(
@@ -414,6 +416,11 @@ class Participant(Aggregate):
         def apply(self, aggregate: Aggregate) -> None:
             cast(Participant, aggregate).published_questions.add(self.data["key"])
 
+    #: Reuse the last DLT evaluation while nothing it is made from has changed and
+    #: clinical time has not reached its next wake (``_DLTMemo``); False re-evaluates
+    #: after every event (the tests compare the two).
+    reuse_dlt_evaluations = True
+
     def __init__(
         self, trial_id: str, participant_id: str, site_id: str, parameters: dict[str, Any]
     ) -> None:
@@ -439,6 +446,9 @@ class Participant(Aggregate):
         #: Changes of ``published``/``evidence`` (what the DLT courses are made of).
         self._published_revision = 0
         self._dlt_courses_cache: tuple[tuple[object, ...], list[TermCourse]] | None = None
+        #: The last DLT evaluation, what it was made from and the clinical time it was
+        #: made at (see ``_derive_dlt``).
+        self._dlt_memo: _DLTMemo | None = None
         self.published_resolutions: dict[tuple[str, int], str] = {}
         self.published_questions: set[str] = set()
         #: Keys of the one-off findings published (deviations, SAE clocks, screens).
@@ -1091,6 +1101,16 @@ class Participant(Aggregate):
     ) -> tuple[AdjudicationQuestion, ...]:
         """DLT window and rules (reference §7) over the grades published so far."""
         courses = self._dlt_courses(timeline)
+        inputs = (
+            courses,
+            timeline,
+            context.infusion_at,
+            *self.parameter_schedule,
+            *arrived(timeline, _DLT_INPUT_TYPES),
+        )
+        memo = self._dlt_memo
+        if self.reuse_dlt_evaluations and memo is not None and memo.holds(inputs, as_of):
+            return self._publish_dlt(memo.evaluation, context)
         evaluations = [
             (owns, self._evaluate_dlt(courses, timeline, context, as_of, dlt, day_zero))
             for owns, (dlt, day_zero) in self._versions(
@@ -1098,6 +1118,14 @@ class Participant(Aggregate):
             )
         ]
         evaluation = _combined(evaluations, context.infusion_at)
+        latest = max(
+            (
+                *(step.at for course in courses for step in course.steps),
+                *(entry.at for entry in arrived(timeline, _DLT_INPUT_TYPES)),
+            ),
+            default=None,
+        )
+        self._dlt_memo = _DLTMemo(inputs, as_of, latest, evaluation)
         return self._publish_dlt(evaluation, context)
 
     def _evaluate_dlt(
@@ -1464,6 +1492,34 @@ class Participant(Aggregate):
                     "evidence": list(question.evidence),
                 },
             )
+
+
+@dataclass(frozen=True)
+class _DLTMemo:
+    """A DLT evaluation made at clinical time ``as_of`` from ``inputs`` (the grade
+    courses, the timeline, the infusion, the protocol versions and the deaths,
+    withdrawal and committee decisions), whose latest instant was ``latest``.
+
+    ``evaluate_dlt`` is pure and changes with time alone only at its
+    ``next_wake_at`` (the clock ticks rely on the same), so the evaluation holds
+    for the same inputs at any later ``as_of`` before that wake, provided none of
+    them lay after ``as_of`` (where the evaluation ignored them).
+    """
+
+    inputs: tuple[object, ...]
+    as_of: datetime
+    latest: datetime | None
+    evaluation: DLTEvaluation
+
+    def holds(self, inputs: tuple[object, ...], as_of: datetime) -> bool:
+        wake = self.evaluation.next_wake_at
+        return (
+            self.as_of <= as_of
+            and (wake is None or as_of < wake)
+            and (self.latest is None or self.latest <= self.as_of)
+            and len(inputs) == len(self.inputs)
+            and all(a is b or a == b for a, b in zip(inputs, self.inputs, strict=True))
+        )
 
 
 @dataclass(frozen=True)
