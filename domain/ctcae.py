@@ -37,6 +37,7 @@ Fever is graded from reference §3 (not part of the lab specifications).
 
 from __future__ import annotations
 
+import copy
 import json
 import operator
 import re
@@ -656,19 +657,42 @@ def derive_toxicities(
     A result that cannot be graded leaves the term's grade as it was. Fever grade 4
     counts the hours since the first of the consecutive readings above 40.0 C.
     """
-    entries = chronological(timeline, CTCAE_INPUT_TYPES)
-    baselines = lab_baselines(entries, lymphodepletion_at)
-    grades: dict[str, int] = {}
-    changes: list[ToxicityChange] = []
-    hot_since: TimelineEntry | None = None
-    for entry in entries:
-        if lymphodepletion_at is not None and entry.at < lymphodepletion_at:
-            continue
+    sweep = ToxicitySweep(version, lymphodepletion_at)
+    for entry in chronological(timeline, CTCAE_INPUT_TYPES):
+        sweep.observe(entry)
+    return tuple(sweep.changes)
+
+
+class ToxicitySweep:
+    """:func:`derive_toxicities`' state over results and vitals in clinical order
+    (resumable, ``domain.timeline.Resumable``)."""
+
+    def __init__(self, version: CTCAEVersion, lymphodepletion_at: datetime | None) -> None:
+        self.version: CTCAEVersion = version
+        self.lymphodepletion_at = lymphodepletion_at
+        #: The last result per analyte before lymphodepletion (``lab_baselines``).
+        self.baselines: dict[str, Baseline] = {}
+        self.grades: dict[str, int] = {}
+        self.changes: list[ToxicityChange] = []
+        self.hot_since: TimelineEntry | None = None
+
+    def copy(self) -> ToxicitySweep:
+        other = copy.copy(self)
+        other.baselines = dict(self.baselines)
+        other.grades = dict(self.grades)
+        other.changes = list(self.changes)
+        return other
+
+    def observe(self, entry: TimelineEntry) -> None:
         data = entry.data
+        if self.lymphodepletion_at is not None and entry.at < self.lymphodepletion_at:
+            if isinstance(data, LabResulted):
+                self.baselines[data.analyte] = Baseline.of(data, entry.event_id)
+            return
         graded: CTCAEGrade | None = None
         caused_by: tuple[str, ...] = (entry.event_id,)
         if isinstance(data, LabResulted):
-            baseline = baselines.get(data.analyte)
+            baseline = self.baselines.get(data.analyte)
             graded = grade_lab(
                 data.analyte,
                 data.value,
@@ -676,23 +700,24 @@ def derive_toxicities(
                 reference_low=data.reference_low,
                 reference_high=data.reference_high,
                 baseline=baseline,
-                version=version,
+                version=self.version,
             )
             uses_baseline = graded is not None and "baseline" in graded.basis
             if uses_baseline and baseline is not None and baseline.event_id is not None:
                 caused_by = (baseline.event_id, entry.event_id)
         elif isinstance(data, VitalsRecorded) and data.temperature_c is not None:
-            hot_since = (hot_since or entry) if data.temperature_c > 40.0 else None
+            hot_since = self.hot_since
+            hot_since = self.hot_since = (hot_since or entry) if data.temperature_c > 40.0 else None
             hours = (entry.at - hot_since.at).total_seconds() / 3600 if hot_since else 0.0
-            graded = grade_fever(data.temperature_c, hours, version=version)
+            graded = grade_fever(data.temperature_c, hours, version=self.version)
             if graded.grade == 4 and hot_since is not None:
                 caused_by = (hot_since.event_id, entry.event_id)
         if graded is None:
-            continue
-        previous = grades.get(graded.term, 0)
+            return
+        previous = self.grades.get(graded.term, 0)
         if graded.grade != previous:
-            grades[graded.term] = graded.grade
-            changes.append(
+            self.grades[graded.term] = graded.grade
+            self.changes.append(
                 ToxicityChange(
                     at=entry.at,
                     term=graded.term,
@@ -705,4 +730,3 @@ def derive_toxicities(
                     caused_by=caused_by,
                 )
             )
-    return tuple(changes)

@@ -13,10 +13,10 @@ batched, and a late or corrected record that changes the past yields
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Any, ClassVar, TypeVar, cast
 from uuid import NAMESPACE_URL, UUID, uuid5
 
@@ -57,7 +57,7 @@ from domain.ctcae import (
     CTCAE_INPUT_TYPES,
     FEVER_TERM,
     CTCAEVersion,
-    derive_toxicities,
+    ToxicitySweep,
     lab_baselines,
 )
 from domain.ctcae import TERMS as CTCAE_TERMS
@@ -85,10 +85,19 @@ from domain.sae import (
     sae_clocks,
     sae_reminders,
 )
-from domain.screens import FEVER_C, FN_TERM, FNEpisode, febrile_neutropenia, iechs_screen
+from domain.screens import (
+    FEVER_C,
+    FN_INPUT_TYPES,
+    FN_TERM,
+    FNEpisode,
+    fn_sweep,
+    iechs_screen,
+)
 from domain.timeline import (
     AdjudicationQuestion,
     Chronological,
+    Resumable,
+    Sweep,
     Timeline,
     TimelineEntry,
     arrived,
@@ -98,6 +107,7 @@ from domain.timeline import (
 
 NAMESPACE = uuid5(NAMESPACE_URL, "https://toxwatch.example/ns")
 T = TypeVar("T")
+S = TypeVar("S", bound=Sweep)
 
 
 @lru_cache(maxsize=65536)
@@ -416,10 +426,12 @@ class Participant(Aggregate):
         def apply(self, aggregate: Aggregate) -> None:
             cast(Participant, aggregate).published_questions.add(self.data["key"])
 
-    #: Reuse the last DLT evaluation while nothing it is made from has changed and
-    #: clinical time has not reached its next wake (``_DLTMemo``); False re-evaluates
-    #: after every event (the tests compare the two).
-    reuse_dlt_evaluations = True
+    #: Reuse earlier derivations: resume the rules' sweeps where they stopped while
+    #: only later entries arrived (``Resumable``), and keep the last DLT evaluation
+    #: while nothing it is made from has changed and clinical time has not reached its
+    #: next wake (``_DLTMemo``). False derives everything afresh after every event
+    #: (the tests compare the two).
+    reuse_earlier_derivations = True
 
     def __init__(
         self, trial_id: str, participant_id: str, site_id: str, parameters: dict[str, Any]
@@ -449,6 +461,9 @@ class Participant(Aggregate):
         #: The last DLT evaluation, what it was made from and the clinical time it was
         #: made at (see ``_derive_dlt``).
         self._dlt_memo: _DLTMemo | None = None
+        #: The rules' sweeps kept between derivations, by rule and what the sweep
+        #: depends on (see ``_swept``).
+        self._sweeps: dict[Hashable, Resumable[Any]] = {}
         self.published_resolutions: dict[tuple[str, int], str] = {}
         self.published_questions: set[str] = set()
         #: Keys of the one-off findings published (deviations, SAE clocks, screens).
@@ -551,6 +566,24 @@ class Participant(Aggregate):
             if self.record(parse_recorded(wire), received_at):
                 applied += 1
         return applied
+
+    def _swept(
+        self,
+        key: Hashable,
+        start: Callable[[], S],
+        timeline: Sequence[TimelineEntry],
+        entries: Sequence[TimelineEntry],
+    ) -> S:
+        """The state of a rule's sweep over ``entries`` (of ``timeline``), resumed
+        from the last derivation where it can be. ``key`` names the rule and every
+        value the sweep depends on besides the entries."""
+        if not self.reuse_earlier_derivations:
+            return Resumable(start).sweep(timeline, entries)
+        resumable = self._sweeps.get(key)
+        if resumable is None:
+            resumable = self._sweeps[key] = Resumable(start)
+        state: S = resumable.sweep(timeline, entries)
+        return state
 
     def _versions(self, section: Callable[[ProtocolParameters], T]) -> list[tuple[Owns, T]]:
         """Each distinct value of a protocol ``section`` with the clinical times it
@@ -797,7 +830,7 @@ class Participant(Aggregate):
             entries = group(timeline, CTCAE_INPUT_TYPES, _entry_subject, subject)
         deaths = self._death_grades(timeline).grades
         versions = [
-            (owns, self._ctcae_points(entries, version, start, deaths, context))
+            (owns, self._ctcae_points(timeline, subject, entries, version, start, deaths, context))
             for owns, version in self._versions(lambda p: p.ctcae_version)
         ]
         by_term = {
@@ -820,14 +853,23 @@ class Participant(Aggregate):
 
     def _ctcae_points(
         self,
+        timeline: Sequence[TimelineEntry],
+        subject: str | None,
         entries: Sequence[TimelineEntry],
         version: CTCAEVersion,
         start: datetime | None,
         deaths: Sequence[DeathGrade],
         context: _Context,
     ) -> dict[str, list[_GradePoint]]:
+        """``entries``: the results and temperatures of ``subject`` (all: None) in
+        clinical order (``derive_toxicities``)."""
         changes = (
-            derive_toxicities(entries, version=version, lymphodepletion_at=start)
+            self._swept(
+                ("CTCAE", subject, version, start),
+                lambda: ToxicitySweep(version, start),
+                timeline,
+                entries,
+            ).changes
             if start is not None
             else ()
         )
@@ -1029,13 +1071,13 @@ class Participant(Aggregate):
         for owns, (version, fn_params) in self._versions(
             lambda p: (p.ctcae_version, p.febrile_neutropenia)
         ):
-            episodes = febrile_neutropenia(
+            sweep = self._swept(
+                ("FN", version, fn_params, context.infusion_at),
+                partial(fn_sweep, fn_params, version, context.infusion_at),
                 timeline,
-                infusion_at=context.infusion_at,
-                version=version,
-                params=fn_params,
-                as_of=as_of,
+                chronological(timeline, FN_INPUT_TYPES),
             )
+            episodes = sweep.episodes_as_of(as_of)
             spliced.append((owns, _fn_points(episodes, context)))
         points = _splice(spliced)
         self._publish_grades(FN_TERM, self.ToxicityGraded, points, context, known_until)
@@ -1109,7 +1151,7 @@ class Participant(Aggregate):
             *arrived(timeline, _DLT_INPUT_TYPES),
         )
         memo = self._dlt_memo
-        if self.reuse_dlt_evaluations and memo is not None and memo.holds(inputs, as_of):
+        if self.reuse_earlier_derivations and memo is not None and memo.holds(inputs, as_of):
             return self._publish_dlt(memo.evaluation, context)
         evaluations = [
             (owns, self._evaluate_dlt(courses, timeline, context, as_of, dlt, day_zero))

@@ -38,6 +38,7 @@ episode, at the first instant all conditions hold; ``criteria_met`` names them a
 
 from __future__ import annotations
 
+import copy
 from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -108,16 +109,54 @@ class _Reading:
     event_id: str
 
 
-class _FNSweep:
-    def __init__(self, params: FNParameters, criteria: Criteria) -> None:
+#: What the febrile neutropenia sweep reads.
+FN_INPUT_TYPES: Final = ("lab.resulted", "vitals.recorded")
+
+
+class FNSweep:
+    """The febrile neutropenia screen's state over results and vitals in clinical
+    order (:func:`febrile_neutropenia`; resumable, ``domain.timeline.Resumable``)."""
+
+    def __init__(
+        self, params: FNParameters, criteria: Criteria, infusion_at: datetime | None
+    ) -> None:
         self.params = params
         self.criteria = criteria
+        self.infusion_at = infusion_at
         self.anc: _Reading | None = None
         self.temperature: _Reading | None = None
         self.spell_start: _Reading | None = None
         self.afebrile_since: _Reading | None = None
         self.open: FNEpisode | None = None
         self.episodes: list[FNEpisode] = []
+
+    def observe(self, entry: TimelineEntry) -> None:
+        # Only results and vitals change the sweep; an episode that resolves between
+        # two of them resolves at the same instant (the afebrile time) whenever it is
+        # checked.
+        self.resolve_if_afebrile_long_enough(entry.at)
+        data = entry.data
+        if isinstance(data, LabResulted) and data.analyte == "anc":
+            value = convert("anc", data.value, data.unit, ANC_UNIT)
+            self.observe_anc(_Reading(entry.at, value, entry.event_id))
+        elif (
+            isinstance(data, VitalsRecorded)
+            and data.temperature_c is not None
+            and (self.infusion_at is None or entry.at >= self.infusion_at)
+        ):
+            self.observe_temperature(_Reading(entry.at, data.temperature_c, entry.event_id))
+
+    def copy(self) -> FNSweep:
+        other = copy.copy(self)
+        other.episodes = list(self.episodes)
+        return other
+
+    def episodes_as_of(self, as_of: datetime | None) -> tuple[FNEpisode, ...]:
+        """The episodes, oldest first, once clinical time has reached ``as_of``
+        (finishes this state: call it on a copy)."""
+        if as_of is not None:
+            self.resolve_if_afebrile_long_enough(as_of)
+        return self.finish()
 
     def resolve_if_afebrile_long_enough(self, at: datetime) -> None:
         since = self.afebrile_since
@@ -209,27 +248,16 @@ def febrile_neutropenia(
     ``as_of`` (default: the last observation) is how far clinical time has advanced;
     it decides whether an afebrile period has lasted long enough to resolve an episode.
     """
-    params = params or FNParameters()
-    criteria: Criteria = "CTCAE-6.0" if version == "6.0" else "CTCAE-5.0"
-    sweep = _FNSweep(params, criteria)
-    # Only results and vitals change the sweep; an episode that resolves between two
-    # of them resolves at the same instant (the afebrile time) whenever it is checked.
-    for entry in chronological(timeline, ("lab.resulted", "vitals.recorded")):
-        sweep.resolve_if_afebrile_long_enough(entry.at)
-        data = entry.data
-        if isinstance(data, LabResulted) and data.analyte == "anc":
-            value = convert("anc", data.value, data.unit, ANC_UNIT)
-            sweep.observe_anc(_Reading(entry.at, value, entry.event_id))
-        elif (
-            isinstance(data, VitalsRecorded)
-            and data.temperature_c is not None
-            and (infusion_at is None or entry.at >= infusion_at)
-        ):
-            sweep.observe_temperature(_Reading(entry.at, data.temperature_c, entry.event_id))
+    sweep = fn_sweep(params or FNParameters(), version, infusion_at)
+    for entry in chronological(timeline, FN_INPUT_TYPES):
+        sweep.observe(entry)
     last = as_of if as_of is not None else max((e.at for e in timeline), default=None)
-    if last is not None:
-        sweep.resolve_if_afebrile_long_enough(last)
-    return sweep.finish()
+    return sweep.episodes_as_of(last)
+
+
+def fn_sweep(params: FNParameters, version: CTCAEVersion, infusion_at: datetime | None) -> FNSweep:
+    """A new febrile neutropenia sweep (before any entry)."""
+    return FNSweep(params, "CTCAE-6.0" if version == "6.0" else "CTCAE-5.0", infusion_at)
 
 
 # ---------------------------------------------------------------- IEC-HS

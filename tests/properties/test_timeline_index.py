@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-from domain.timeline import Timeline, TimelineEntry, arrived, chronological, group
+from domain.timeline import Resumable, Timeline, TimelineEntry, arrived, chronological, group
 
 TYPES = ("vitals.recorded", "lab.resulted", "oxygen.changed", "death.reported")
 T0 = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
@@ -69,3 +69,61 @@ def test_the_index_equals_sorting_and_filtering(
             for types in queries:
                 assert chronological(plain, types) == chronological(timeline, types)
                 assert arrived(plain, types) == arrived(timeline, types)
+
+
+class _Recording:
+    """A sweep that records the entries it observed, in order, and counts every
+    observation made by it and the sweeps it was copied from (``calls``)."""
+
+    def __init__(self, calls: list[int]) -> None:
+        self.calls = calls
+        self.seen: list[TimelineEntry] = []
+
+    def observe(self, entry: TimelineEntry) -> None:
+        self.calls[0] += 1
+        self.seen.append(entry)
+
+    def copy(self) -> _Recording:
+        other = _Recording(self.calls)
+        other.seen = list(self.seen)
+        return other
+
+
+@settings(max_examples=300, deadline=None)
+@given(arrivals=arrivals, types=st.frozensets(st.sampled_from(TYPES), min_size=1))
+def test_a_resumed_sweep_equals_sweeping_afresh(
+    arrivals: list[tuple[str, int, str]], types: frozenset[str]
+) -> None:
+    """After every arrival (late, out-of-order and same-instant ones included), the
+    resumed sweep has observed exactly the entries in clinical order; when every
+    entry arrived in clinical order, each was observed once."""
+    timeline = Timeline()
+    calls = [0]
+    resumable = Resumable(lambda: _Recording(calls))
+    in_order = True
+    for seq, (type_, hours, subject) in enumerate(arrivals):
+        entry = TimelineEntry(
+            f"e{seq}", type_, T0 + timedelta(hours=hours), _Data(subject=subject), seq
+        )
+        before = chronological(timeline, types)
+        in_order = in_order and (not before or entry.type not in types or before[-1].at <= entry.at)
+        timeline.append(entry)
+        entries = chronological(timeline, types)
+        state = resumable.sweep(timeline, entries)
+        assert state.seen == list(entries)
+        state.seen.append(entry)  # changing the copy handed out changes nothing kept
+    if in_order:
+        assert calls[0] == len(chronological(timeline, types))
+
+
+def test_a_new_timeline_is_swept_afresh() -> None:
+    """A corrected record makes a new timeline whose entries may differ anywhere:
+    the kept sweep is not resumed for it, even when its last entry is the same."""
+    first = TimelineEntry("e1", "vitals.recorded", T0, _Data(subject="temperature"), 0)
+    last = TimelineEntry("e2", "vitals.recorded", T0 + timedelta(hours=1), _Data(subject="x"), 1)
+    corrected = TimelineEntry("e1", "vitals.recorded", T0, _Data(subject="corrected"), 0)
+    resumable = Resumable(lambda: _Recording([0]))
+    before = Timeline([first, last])
+    assert resumable.sweep(before, chronological(before)).seen == [first, last]
+    after = Timeline([corrected, last])
+    assert resumable.sweep(after, chronological(after)).seen == [corrected, last]
