@@ -194,8 +194,13 @@ def _vasopressor_runs(entries: Sequence[TimelineEntry]) -> list[_Run]:
 
 def _concurrent_periods(runs: Sequence[_Run]) -> list[_Concurrency]:
     """Maximal periods with >= 2 non-vasopressin agents running (vasopressin and
-    unknown agents never count toward 'multiple vasopressors')."""
-    counted = [r for r in runs if r.drug not in ("vasopressin", "other")]
+    unknown agents never count toward 'multiple vasopressors'). A run stopped at
+    the instant it started ran alongside nothing."""
+    counted = [
+        r
+        for r in runs
+        if r.drug not in ("vasopressin", "other") and (r.stop is None or r.stop > r.start)
+    ]
     boundaries: list[tuple[datetime, int, _Run]] = []
     for run in counted:
         boundaries.append((run.start, 1, run))

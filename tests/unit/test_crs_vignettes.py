@@ -335,6 +335,20 @@ def test_phenylephrine_started_while_norepinephrine_runs_is_grade_4_until_overla
     assert derivation.grade_at(day(3, "08:00")) == 3
 
 
+def test_a_vasopressor_started_and_stopped_at_one_instant_never_ran_alongside_another():
+    """ASTCT 2019 grade 4 needs agents at the same time: phenylephrine charted as
+    started and stopped at 05:00 while norepinephrine runs never ran together with
+    it, so the course stays grade 3 (the zero-length run used to stop the
+    derivation with an error)."""
+    course = _febrile_course()
+    course.vasopressor(day(3, "02:10"), "norepinephrine")
+    course.vasopressor(day(3, "05:00"), "phenylephrine")
+    course.vasopressor(day(3, "05:00"), "phenylephrine", "stop")
+    derivation = course.derive(as_of=day(3, "12:00"))
+    assert derivation.grade_at(day(3, "05:00")) == 3
+    assert derivation.episodes[0].max_grade == 3
+
+
 def _overlap(minutes, params):
     course = _febrile_course()
     course.vasopressor(day(3, "02:10"), "norepinephrine")
