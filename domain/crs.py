@@ -21,10 +21,11 @@ grade                 hypotension                  hypoxia
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from domain.contract import (
@@ -36,7 +37,7 @@ from domain.contract import (
     VitalsRecorded,
 )
 from domain.protocol import CRSParameters
-from domain.timeline import AdjudicationQuestion, TimelineEntry, chronological
+from domain.timeline import AdjudicationQuestion, Resumable, TimelineEntry, chronological
 
 Hypotension = Literal["none", "fluids_only", "single_vasopressor", "multiple_vasopressors"]
 Hypoxia = Literal["none", "low_flow", "high_flow", "positive_pressure"]
@@ -275,7 +276,7 @@ def params_at(schedule: ParameterSchedule, at: datetime) -> CRSParameters:
     return current
 
 
-class _Sweep:
+class CRSSweep:
     def __init__(
         self, schedule: ParameterSchedule, infusion_at: datetime | None, as_of: datetime
     ) -> None:
@@ -293,10 +294,47 @@ class _Sweep:
         self.masked_spell: datetime | None = None
         self.afebrile_spell: datetime | None = None
         self.dead = False
+        #: The instant whose observations are in but not yet settled (``observe``).
+        self.pending: datetime | None = None
+
+    # -- resumable (``domain.timeline.Resumable``): without concurrent vasopressors,
+    # -- the instants to settle are the entries' own, and nothing depends on ``as_of``
+    # -- before ``finish``
+
+    def observe(self, entry: TimelineEntry) -> None:
+        """Observe ``entry`` (entries in clinical order), settling the instant before
+        it first: the instant it is at stays open to later entries at it."""
+        if entry.at != self.pending:
+            if self.pending is not None:
+                self.settle(self.pending)
+            self.pending = entry.at
+            self.params = params_at(self.schedule, entry.at)
+        self._observe(entry)
+
+    def settle_pending(self) -> None:
+        if self.pending is not None:
+            self.settle(self.pending)
+            self.pending = None
+
+    def copy(self) -> CRSSweep:
+        other = copy.copy(self)
+        other.state = replace(
+            self.state,
+            boluses=list(self.state.boluses),
+            running=dict(self.state.running),
+            waiver_drugs=list(self.state.waiver_drugs),
+        )
+        other.episodes = [replace(episode) for episode in self.episodes]
+        if self.current is not None:  # episodes are numbered by their place
+            other.current = other.episodes[self.current.number - 1]
+        other.changes = list(self.changes)
+        other.questions = dict(self.questions)
+        other.concurrency = list(self.concurrency)
+        return other
 
     # -- observations
 
-    def observe(self, entry: TimelineEntry) -> None:
+    def _observe(self, entry: TimelineEntry) -> None:
         data = entry.data
         state = self.state
         if isinstance(data, VitalsRecorded):
@@ -603,6 +641,7 @@ def derive_crs(
     *,
     infusion_at: datetime | None,
     as_of: datetime,
+    resumable: Resumable[CRSSweep] | None = None,
 ) -> CRSDerivation:
     """Derive CRS grades, episodes and adjudication questions from a timeline.
 
@@ -610,12 +649,22 @@ def derive_crs(
     clinical time from which each is in force: every instant is graded with the
     version in force then. ``as_of`` is how far the participant's clinical time has
     advanced (the latest observation or clock tick): it decides whether a quiet
-    period has lasted long enough to resolve an episode.
+    period has lasted long enough to resolve an episode. ``resumable``: the sweep
+    kept from the last derivation, made by :func:`crs_sweep` with the same
+    ``params`` and ``infusion_at``.
     """
     schedule: ParameterSchedule = [(None, params)] if isinstance(params, CRSParameters) else params
     entries = chronological(timeline, CRS_INPUT_TYPES)
-    sweep = _Sweep(schedule, infusion_at, as_of)
-    sweep.concurrency = _concurrent_periods(_vasopressor_runs(entries))
+    concurrency = _concurrent_periods(_vasopressor_runs(entries))
+    if resumable is not None and not concurrency:
+        # Without concurrent vasopressors the instants settled are the entries' own
+        # and nothing before ``finish`` depends on ``as_of``: the sweep resumes.
+        resumed = resumable.sweep(timeline, entries)
+        resumed.as_of = as_of
+        resumed.settle_pending()
+        return resumed.finish()
+    sweep = CRSSweep(schedule, infusion_at, as_of)
+    sweep.concurrency = concurrency
     for period in sweep.concurrency:
         in_force = params_at(schedule, period.start)
         review = timedelta(minutes=in_force.vasopressor_switch_review_minutes)
@@ -637,7 +686,7 @@ def derive_crs(
     for instant in boundaries:
         sweep.params = params_at(schedule, instant)
         while index < len(entries) and entries[index].at == instant:
-            sweep.observe(entries[index])
+            sweep._observe(entries[index])
             index += 1
         sweep.settle(instant)
     return sweep.finish()
@@ -650,3 +699,9 @@ def _period_boundaries(periods: Sequence[_Concurrency]) -> set[datetime]:
         if period.stop is not None:
             instants.add(period.stop)
     return instants
+
+
+def crs_sweep(schedule: ParameterSchedule, infusion_at: datetime | None) -> CRSSweep:
+    """A new CRS sweep (before any entry), to keep in a ``Resumable`` for
+    :func:`derive_crs`."""
+    return CRSSweep(schedule, infusion_at, datetime.min.replace(tzinfo=UTC))

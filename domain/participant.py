@@ -52,7 +52,7 @@ from domain.contract import (
     VitalsRecorded,
     parse_recorded,
 )
-from domain.crs import CRS_INPUT_TYPES, CRSDerivation, CRSEpisode, derive_crs
+from domain.crs import CRS_INPUT_TYPES, CRSDerivation, CRSEpisode, crs_sweep, derive_crs
 from domain.ctcae import (
     CTCAE_INPUT_TYPES,
     FEVER_TERM,
@@ -575,15 +575,20 @@ class Participant(Aggregate):
         entries: Sequence[TimelineEntry],
     ) -> S:
         """The state of a rule's sweep over ``entries`` (of ``timeline``), resumed
-        from the last derivation where it can be. ``key`` names the rule and every
-        value the sweep depends on besides the entries."""
+        from the last derivation where it can be (``_kept_sweep``)."""
+        state: S = (self._kept_sweep(key, start) or Resumable(start)).sweep(timeline, entries)
+        return state
+
+    def _kept_sweep(self, key: Hashable, start: Callable[[], S]) -> Resumable[S] | None:
+        """The rule's sweep kept between derivations (None when earlier derivations
+        are not reused). ``key`` names the rule and every value the sweep depends on
+        besides the entries."""
         if not self.reuse_earlier_derivations:
-            return Resumable(start).sweep(timeline, entries)
+            return None
         resumable = self._sweeps.get(key)
         if resumable is None:
             resumable = self._sweeps[key] = Resumable(start)
-        state: S = resumable.sweep(timeline, entries)
-        return state
+        return resumable
 
     def _versions(self, section: Callable[[ProtocolParameters], T]) -> list[tuple[Owns, T]]:
         """Each distinct value of a protocol ``section`` with the clinical times it
@@ -789,7 +794,10 @@ class Participant(Aggregate):
     ) -> tuple[AdjudicationQuestion, ...]:
         parameters = self.parameters
         schedule = [(since, version.crs) for since, version in self.parameter_schedule]
-        crs = derive_crs(timeline, schedule, infusion_at=infusion_at, as_of=as_of)
+        kept = self._kept_sweep(
+            ("CRS", tuple(schedule), infusion_at), partial(crs_sweep, schedule, infusion_at)
+        )
+        crs = derive_crs(timeline, schedule, infusion_at=infusion_at, as_of=as_of, resumable=kept)
         points, decided = _adjudicated(_crs_points(crs, context), timeline, "crs_episode")
         self._publish_grades("CRS", self.CRSGraded, points, context, known_until)
         self._publish_episodes(
