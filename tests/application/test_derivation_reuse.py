@@ -15,14 +15,15 @@ from __future__ import annotations
 import io
 import json
 from collections import Counter
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import pytest
 
 from domain.participant import Participant
-from services.offline import process_lines
+from services.offline import in_memory_application, process_lines
 from services.simulator import CohortSpec, simulate_cohort
+from tests.application.test_protocol_activation import day, message
 
 NOW = datetime.fromisoformat("2026-06-01T00:00:00+00:00")
 
@@ -64,21 +65,6 @@ def test_reusing_earlier_derivations_publishes_what_deriving_afresh_does(
     assert reused == afresh
 
 
-def _line(n: int, type_: str, at: datetime, **data: object) -> bytes:
-    return json.dumps(
-        {
-            "schema": "toxwatch.clinical.v1",
-            "event_id": f"e{n:03d}",
-            "type": type_,
-            "trial_id": "NCT07049081",
-            "site_id": "CN-001",
-            "participant_id": "G79-001",
-            "occurred_at": at.isoformat(),
-            "data": data,
-        }
-    ).encode()
-
-
 def test_a_correction_of_an_earlier_temperature_re_derives_the_fever_it_graded(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -87,30 +73,21 @@ def test_a_correction_of_an_earlier_temperature_re_derives_the_fever_it_graded(
     and another normal reading follows: the sweep that graded the temperatures
     before the correction must not be resumed for it (the corrected reading is in
     its past, and the last reading it swept is unchanged)."""
-    day0 = datetime.fromisoformat("2026-03-02T08:00:00+08:00")
-    lines = [
-        _line(
-            1, "participant.enrolled", day0 - timedelta(days=20), disease="SLE", dose_level="DL1"
-        ),
-        _line(
-            2,
-            "lymphodepletion.administered",
-            day0 - timedelta(days=5),
-            agent="fludarabine",
-            dose_mg_m2=25,
-        ),
-        _line(3, "infusion.administered", day0, dose_level="DL1", cells_per_kg=1e6),
-        _line(4, "vitals.recorded", day0 + timedelta(days=1), temperature_c=39.5),
-        _line(5, "vitals.recorded", day0 + timedelta(days=1, hours=4), temperature_c=37.0),
-        _line(
+    messages = [
+        message(1, "participant.enrolled", day(-20, 8), disease="SLE", dose_level="DL1"),
+        message(2, "lymphodepletion.administered", day(-5, 8), agent="fludarabine", dose_mg_m2=25),
+        message(3, "infusion.administered", day(0, 8), dose_level="DL1", cells_per_kg=1e6),
+        message(4, "vitals.recorded", day(1, 8), temperature_c=39.5),
+        message(5, "vitals.recorded", day(1, 12), temperature_c=37.0),
+        message(
             6,
             "record.corrected",
-            day0 + timedelta(days=1, hours=5),
-            corrects_event_id="e004",
+            day(1, 13),
+            corrects_event_id="e4",
             data={"temperature_c": 38.2},
             reason="transcription",
         ),
-        _line(7, "vitals.recorded", day0 + timedelta(days=1, hours=8), temperature_c=37.1),
+        message(7, "vitals.recorded", day(1, 16), temperature_c=37.1),
     ]
 
     def fever(events: list[dict[str, Any]]) -> list[tuple[str, object, object]]:
@@ -125,9 +102,10 @@ def test_a_correction_of_an_earlier_temperature_re_derives_the_fever_it_graded(
         ]
 
     def run() -> list[dict[str, Any]]:
-        out = io.StringIO()
-        process_lines(lines, out, now=NOW)
-        return [json.loads(line) for line in out.getvalue().splitlines()]
+        app = in_memory_application()
+        # One message per batch: each arrives after the one before was derived.
+        derived = [app.apply_batch([m], now=NOW).derived for m in messages]
+        return [event.model_dump(mode="json") for batch in derived for event in batch]
 
     reused = run()
     assert fever(reused) == [
