@@ -111,6 +111,7 @@ S = TypeVar("S", bound=Sweep)
 
 
 @lru_cache(maxsize=65536)
+@lru_cache(maxsize=65536)
 def participant_aggregate_id(trial_id: str, participant_id: str) -> UUID:
     """Deterministic aggregate id of a participant record."""
     return uuid5(NAMESPACE, f"participant/{trial_id}/{participant_id}")
@@ -1425,6 +1426,8 @@ class Participant(Aggregate):
         """
         published_before = list(self.published.get(term, ()))
         derived = [(p.at, p.episode, p.grade) for p in points]
+        if derived == published_before:
+            return  # every moment's grade stands as published: nothing to revise or add
         self._publish_revisions(term, published_before, derived, context, known_until)
         believed = list(published_before)
         for point in points:

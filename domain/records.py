@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 from uuid import UUID, uuid5
 
@@ -26,6 +27,7 @@ class PartitionRoster(Aggregate):
     """
 
     @staticmethod
+    @lru_cache(maxsize=4096)
     def id_for(topic: str, partition: int) -> UUID:
         return uuid5(NAMESPACE, f"roster/{topic}/{partition}")
 
@@ -51,6 +53,7 @@ class IngestLedger(Aggregate):
     reason and its exact bytes, so that nothing sent is ever lost (contract §4)."""
 
     @staticmethod
+    @lru_cache(maxsize=4096)
     def id_for(topic: str, partition: int) -> UUID:
         return uuid5(NAMESPACE, f"ledger/{topic}/{partition}")
 
@@ -108,6 +111,7 @@ class TrialClock(Aggregate):
     events, so a replay escalates exactly as the live run did."""
 
     @staticmethod
+    @lru_cache(maxsize=4096)
     def id_for(trial_id: str, topic: str, partition: int, day: str) -> UUID:
         return uuid5(NAMESPACE, f"clock/{trial_id}/{topic}/{partition}/{day}")
 
@@ -152,6 +156,7 @@ class TrialLog(Aggregate):
     protocol versions activated for the trial (architecture decision 3)."""
 
     @staticmethod
+    @lru_cache(maxsize=4096)
     def id_for(trial_id: str) -> UUID:
         return uuid5(NAMESPACE, f"trial-log/{trial_id}")
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 from base64 import b64decode
 from collections.abc import Iterable, Sequence
+from functools import lru_cache
 from typing import Any
 
 from eventsourcing.cryptography import AESCipher
@@ -245,6 +246,7 @@ def event_key(trial_id: str, event_id: str) -> str:
     return _digest(b"toxwatch-event-id", trial_id, event_id)
 
 
+@lru_cache(maxsize=65536)
 def sender_key(trial_id: str, participant_id: str) -> str:
     """The stored form of who sent an event id (the participant, or ``-``)."""
     return _digest(b"toxwatch-event-sender", trial_id, participant_id)

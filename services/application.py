@@ -262,6 +262,7 @@ class SafetyMonitoring(Application[UUID]):
         claims = [(trial, event_id, who) for (trial, event_id), who in batch.claims.items()]
         if pending or trackings:
             self.save(*pending, **{TRACKINGS: trackings, EVENT_ID_CLAIMS: claims})
+            self._keep(pending)
         outcome.commit_seconds = time.perf_counter() - started
         for (topic, partition), offset in batch.positions.items():
             self._positions[(topic, partition)] = offset + 1
@@ -345,6 +346,16 @@ class SafetyMonitoring(Application[UUID]):
             tracked = self.recorder.max_tracking_id(name)  # type: ignore[attr-defined]
             self._positions[key] = tracked or 0
         return self._positions[key]
+
+    def _keep(self, saved: Sequence[Aggregate]) -> None:
+        """Cache the aggregates a batch saved, as saved: eventsourcing caches only what
+        it reconstructs when it fast-forwards cached aggregates, so an aggregate a batch
+        created (a participant's first event, a new day's clock) would otherwise be
+        rebuilt from the store by the next batch that touches it."""
+        cache = self.repository.cache
+        if cache is not None:
+            for aggregate in saved:
+                cache.put(aggregate.id, aggregate)
 
     def _forget(self, batch: _Batch) -> None:
         """Drop what a failed batch touched: cached aggregates, positions and
