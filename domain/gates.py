@@ -33,6 +33,7 @@ question, not a deviation.
 
 from __future__ import annotations
 
+import bisect
 import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -61,16 +62,6 @@ DeviationRule = Literal[
 FEVER_C: Final = 38.0
 
 Comparison = Literal[">", ">=", "<", "<=", "=="]
-#: What the pre-infusion checks read.
-_PRE_INFUSION_TYPES: Final = frozenset(
-    {
-        "participant.enrolled",
-        "eligibility.confirmed",
-        "lymphodepletion.administered",
-        "infusion.administered",
-        "vitals.recorded",
-    }
-)
 _COMPARE: Final[dict[str, Callable[[float, float], bool]]] = {
     ">": operator.gt,
     ">=": operator.ge,
@@ -143,14 +134,19 @@ def check_pre_infusion(
     eligibility_rules: Sequence[EligibilityRule] = DEFAULT_ELIGIBILITY_RULES,
 ) -> PreInfusionCheck:
     """Deviations of the infusion and of enrolment eligibility, and open questions."""
-    entries = chronological(timeline, _PRE_INFUSION_TYPES)
-    infusions = [e for e in entries if isinstance(e.data, InfusionAdministered)]
+
+    def of(kind: str) -> Sequence[TimelineEntry]:
+        return chronological(timeline, (kind,))
+
+    infusions = [e for e in of("infusion.administered") if isinstance(e.data, InfusionAdministered)]
     deviations: list[Deviation] = []
     if infusions:
         first = infusions[0]
-        deviations.extend(_fever_before(first, entries, params))
+        deviations.extend(
+            _fever_before(first, of("lymphodepletion.administered"), of("vitals.recorded"), params)
+        )
         if params.require_confirmed_eligibility:
-            deviations.extend(_unconfirmed_eligibility(first, entries))
+            deviations.extend(_unconfirmed_eligibility(first, of("eligibility.confirmed")))
         deviations.extend(
             Deviation(
                 at=later.at,
@@ -160,7 +156,7 @@ def check_pre_infusion(
             )
             for later in infusions[1:]
         )
-    eligibility, questions = _eligibility(entries, eligibility_rules)
+    eligibility, questions = _eligibility(of("participant.enrolled"), eligibility_rules)
     deviations.extend(eligibility)
     return PreInfusionCheck(
         deviations=tuple(sorted(deviations, key=lambda d: (d.at, d.rule))),
@@ -179,25 +175,31 @@ def pre_infusion_deviations(
 
 
 def _fever_before(
-    infusion: TimelineEntry, entries: Sequence[TimelineEntry], params: PreInfusionParameters
+    infusion: TimelineEntry,
+    lymphodepletions: Sequence[TimelineEntry],
+    vitals: Sequence[TimelineEntry],
+    params: PreInfusionParameters,
 ) -> list[Deviation]:
+    """``lymphodepletions`` and ``vitals`` in clinical order: only the vital signs of the
+    window before the infusion are read, however long the record after it."""
     lymphodepletion = next(
         (
             e
-            for e in entries
+            for e in lymphodepletions
             if isinstance(e.data, LymphodepletionAdministered) and e.at <= infusion.at
         ),
         None,
     )
     window = timedelta(hours=params.afebrile_hours_before_infusion)
+    since = bisect.bisect_right(vitals, infusion.at - window, key=_at)
+    until = bisect.bisect_right(vitals, infusion.at, key=_at)
     fevers = [
         (e, e.data.temperature_c)
-        for e in entries
+        for e in vitals[since:until]
         if isinstance(e.data, VitalsRecorded)
         and e.data.temperature_c is not None
         and e.data.temperature_c >= FEVER_C
         and (lymphodepletion is None or e.at >= lymphodepletion.at)
-        and infusion.at - window < e.at <= infusion.at
     ]
     if not fevers:
         return []
@@ -212,6 +214,10 @@ def _fever_before(
     evidence.extend(e.event_id for e, _ in fevers)
     evidence.append(infusion.event_id)
     return [Deviation(infusion.at, "infusion_within_48h_of_fever", detail, tuple(evidence))]
+
+
+def _at(entry: TimelineEntry) -> datetime:
+    return entry.at
 
 
 def _unconfirmed_eligibility(

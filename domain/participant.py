@@ -272,6 +272,7 @@ class Participant(Aggregate):
             participant = cast(Participant, aggregate)
             participant.parameters = ProtocolParameters.model_validate(self.parameters)
             participant.parameter_schedule.append((self.effective_from, participant.parameters))
+            participant._followed = None
 
     class WakeScheduled(Aggregate.Event):
         """When each rule system next changes with time alone, and the earliest of
@@ -465,6 +466,9 @@ class Participant(Aggregate):
         #: The rules' sweeps kept between derivations, by rule and what the sweep
         #: depends on (see ``_swept``).
         self._sweeps: dict[Hashable, Resumable[Any]] = {}
+        #: The protocol object last found equal to the parameters in force (see
+        #: ``follow_protocol``); None once other parameters are applied.
+        self._followed: ProtocolParameters | None = None
         self.published_resolutions: dict[tuple[str, int], str] = {}
         self.published_questions: set[str] = set()
         #: Keys of the one-off findings published (deviations, SAE clocks, screens).
@@ -503,12 +507,15 @@ class Participant(Aggregate):
 
     def follow_protocol(self, protocol: ProtocolParameters) -> None:
         """Use the trial's protocol version in force from now on."""
+        if protocol is self._followed:
+            return  # the same object as last time, and no other version applied since
         if protocol != self.parameters:
             self.trigger_event(
                 self.ProtocolApplied,
                 parameters=protocol.model_dump(mode="json"),
                 effective_from=self.horizon,
             )
+        self._followed = protocol
 
     def record(self, event: ClinicalEvent, received_at: datetime) -> bool:
         """Record an accepted clinical event and derive what follows from it.
