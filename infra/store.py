@@ -22,6 +22,7 @@ from base64 import b64decode
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from typing import Any
+from uuid import UUID
 
 from eventsourcing.cryptography import AESCipher
 from eventsourcing.persistence import Cipher, StoredEvent, Tracking
@@ -194,6 +195,19 @@ class SQLiteBatchRecorder(SQLiteProcessRecorder):
                     found[by_hash[hashed]] = sender
         return found
 
+    def changes_since(self, position: int, limit: int) -> tuple[int, list[tuple[UUID, int]]]:
+        """The (originator id, version) of at most ``limit`` events stored after
+        notification ``position``, in order, and the position of the last one read
+        (``position`` when none)."""
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(
+                f"SELECT rowid, originator_id, originator_version FROM {self.events_table_name} "
+                "WHERE rowid > ? ORDER BY rowid LIMIT ?",
+                (position, limit),
+            )
+            rows = c.fetchall()
+        return _changes(position, [(row[0], row[1], row[2]) for row in rows])
+
 
 class PostgresBatchRecorder(PostgresProcessRecorder):
     """PostgreSQL process recorder accepting ``trackings=[Tracking, ...]`` and
@@ -239,6 +253,27 @@ class PostgresBatchRecorder(PostgresProcessRecorder):
                     found[by_hash[row["event_key"]]] = row["sender_key"]
         return found
 
+    def changes_since(self, position: int, limit: int) -> tuple[int, list[tuple[UUID, int]]]:
+        """The (originator id, version) of at most ``limit`` events stored after
+        notification ``position``, in order, and the position of the last one read
+        (``position`` when none). Notification ids commit in order here: eventsourcing
+        locks the events table for each insert."""
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(
+                sql.SQL(
+                    "SELECT notification_id, originator_id, originator_version FROM {}.{} "
+                    "WHERE notification_id > %s ORDER BY notification_id LIMIT %s"
+                ).format(
+                    sql.Identifier(self.datastore.schema), sql.Identifier(self.events_table_name)
+                ),
+                (position, limit),
+            )
+            rows = curs.fetchall()
+        return _changes(
+            position,
+            [(r["notification_id"], r["originator_id"], r["originator_version"]) for r in rows],
+        )
+
 
 def event_key(trial_id: str, event_id: str) -> str:
     """The stored form of a (trial, event id): a hash, so that the index holds no
@@ -250,6 +285,17 @@ def event_key(trial_id: str, event_id: str) -> str:
 def sender_key(trial_id: str, participant_id: str) -> str:
     """The stored form of who sent an event id (the participant, or ``-``)."""
     return _digest(b"toxwatch-event-sender", trial_id, participant_id)
+
+
+def _changes(
+    position: int, rows: Sequence[tuple[int, object, int]]
+) -> tuple[int, list[tuple[UUID, int]]]:
+    changed = [(_uuid(originator_id), version) for _, originator_id, version in rows]
+    return (rows[-1][0] if rows else position), changed
+
+
+def _uuid(value: object) -> UUID:
+    return value if isinstance(value, UUID) else UUID(str(value))
 
 
 def _digest(domain: bytes, *parts: str) -> str:

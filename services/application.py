@@ -27,7 +27,7 @@ from typing import Any, TypeVar, cast
 from uuid import UUID
 
 import psycopg
-from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.application import AggregateNotFoundError, Application, LRUCache
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError, Notification, PersistenceError, Tracking
 
@@ -69,6 +69,9 @@ REJECTION_TOPIC = (
     f"{IngestLedger.MessageRejected.__module__}:{IngestLedger.MessageRejected.__qualname__}"
 )
 MAX_ATTEMPTS = 5
+#: Stored events a batch's check of the ingest's aggregates reads at most; past that,
+#: it drops them all (``SafetyMonitoring._check_current``).
+CHANGES_READ = 10_000
 #: Failures of the store itself (a lost connection, a full or read-only disk): never
 #: a reason to reject or park a message; the batch fails whole and is applied again.
 STORE_ERRORS: tuple[type[BaseException], ...] = (
@@ -143,6 +146,12 @@ class SafetyMonitoring(Application[UUID]):
         #: topic -> (topic id, incarnation) last checked: a batch finding the same id
         #: needs no store read (an id's incarnation never changes).
         self._checked: dict[str, tuple[str, int]] = {}
+        #: The aggregates as the ingest last loaded or saved them, used without a store
+        #: read while no other writer has changed them (``_check_current``), and the
+        #: store position that check has read to (None: not read yet).
+        size = int(self.env.get("AGGREGATE_CACHE_MAXSIZE") or 0)
+        self._current: LRUCache[UUID, Aggregate] | None = LRUCache(size) if size else None
+        self._current_to: int | None = None
 
     # ------------------------------------------------------------------ ingest
 
@@ -184,6 +193,7 @@ class SafetyMonitoring(Application[UUID]):
     ) -> BatchOutcome:
         batch = _Batch(self)
         try:
+            self._check_current()
             return self._apply_and_save(batch, messages, now, poisoned)
         except BaseException:
             self._forget(batch)
@@ -347,27 +357,66 @@ class SafetyMonitoring(Application[UUID]):
             self._positions[key] = tracked or 0
         return self._positions[key]
 
+    def _load(self, aggregate_id: UUID) -> Aggregate:
+        """An aggregate as stored (``AggregateNotFoundError`` if it is not), for the
+        ingest to change in place: as the ingest last loaded or saved it while no other
+        writer has changed it since (``_check_current``), else from the repository
+        (whose cache fast-forwards with a store read per aggregate)."""
+        if self._current is not None:
+            with contextlib.suppress(KeyError):
+                return self._current.get(aggregate_id)
+        aggregate: Aggregate = self.repository.get(aggregate_id, deepcopy_from_cache=False)
+        if self._current is not None:
+            self._current.put(aggregate_id, aggregate)
+        return aggregate
+
+    def _check_current(self) -> None:
+        """Before a batch: drop from the ingest's aggregates each one that another
+        writer (a worker given the partition for a while, a person releasing a record or
+        activating a protocol) stored events of since the last check. One store read
+        for the batch, where fast-forwarding reads once per aggregate. Writes stay
+        guarded as before: an event stored by another writer after this check makes
+        the batch's commit conflict, and the batch is applied again on fresh state."""
+        current = self._current
+        if current is None:
+            return
+        recorder: Any = self.recorder
+        if self._current_to is None:
+            current.clear()
+            self._current_to = recorder.max_notification_id() or 0
+            return
+        position, changed = recorder.changes_since(self._current_to, CHANGES_READ)
+        if len(changed) >= CHANGES_READ:
+            current.clear()  # more than one read's worth: reload whatever is used
+            position = recorder.max_notification_id() or 0
+        else:
+            for aggregate_id, version in changed:
+                with contextlib.suppress(KeyError):
+                    if current.get(aggregate_id).version < version:
+                        current.get(aggregate_id, evict=True)
+        self._current_to = position
+
     def _keep(self, saved: Sequence[Aggregate]) -> None:
         """Cache the aggregates a batch saved, as saved: eventsourcing caches only what
         it reconstructs when it fast-forwards cached aggregates, so an aggregate a batch
         created (a participant's first event, a new day's clock) would otherwise be
         rebuilt from the store by the next batch that touches it."""
-        cache = self.repository.cache
-        if cache is not None:
-            for aggregate in saved:
-                cache.put(aggregate.id, aggregate)
+        for cache in (self.repository.cache, self._current):
+            if cache is not None:
+                for aggregate in saved:
+                    cache.put(aggregate.id, aggregate)
 
     def _forget(self, batch: _Batch) -> None:
         """Drop what a failed batch touched: cached aggregates, positions and
         incarnations."""
         self._positions.clear()
         self._incarnations.clear()
-        cache = self.repository.cache
-        if cache is None:
-            return
-        for aggregate_id in batch.aggregates:
-            with contextlib.suppress(KeyError):
-                cache.get(aggregate_id, evict=True)
+        for cache in (self.repository.cache, self._current):
+            if cache is None:
+                continue
+            for aggregate_id in batch.aggregates:
+                with contextlib.suppress(KeyError):
+                    cache.get(aggregate_id, evict=True)
 
     # ------------------------------------------------------------------ sources
 
@@ -658,7 +707,7 @@ class _Batch:
         found = self.aggregates.get(aggregate_id)
         if found is None:
             try:
-                found = self.app.repository.get(aggregate_id, deepcopy_from_cache=False)
+                found = self.app._load(aggregate_id)
             except AggregateNotFoundError:
                 found = cls(*args)
             self.aggregates[aggregate_id] = found
@@ -670,7 +719,7 @@ class _Batch:
         if found is None:
             protocol = self.protocol(trial_id)
             try:
-                found = self.app.repository.get(aggregate_id, deepcopy_from_cache=False)
+                found = self.app._load(aggregate_id)
             except AggregateNotFoundError:
                 found = Participant.open(trial_id, participant_id, site_id, protocol)
             else:
@@ -682,7 +731,9 @@ class _Batch:
         """The trial's activated protocol version, else the configured default."""
         if trial_id not in self.protocols:
             try:
-                log_: TrialLog = self.app.repository.get(TrialLog.id_for(trial_id))
+                # Read only; not copied, so that the same protocol object is handed out
+                # while no other version is activated (``Participant.follow_protocol``).
+                log_ = cast(TrialLog, self.app._load(TrialLog.id_for(trial_id)))
             except AggregateNotFoundError:
                 active = None
             else:

@@ -1,0 +1,88 @@
+"""The ingest keeps the aggregates it loaded and saved between batches, and reads the
+store once per batch for what other writers stored since (``_check_current``): a
+worker that had the partition for a while, a person activating a protocol version.
+Each test has two applications on one store, on SQLite and on PostgreSQL; what the
+second writes must be what the first's next batch works on."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from domain.protocol import CRSParameters, ProtocolParameters
+from infra.settings import Settings
+from services.application import SafetyMonitoring
+from services.bootstrap import build_application
+from tests.application.test_protocol_activation import NOW, day, graded, message
+
+TRIAL = "NCT07049081"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def two_writers(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> tuple[SafetyMonitoring, SafetyMonitoring]:
+    if request.param == "postgres":
+        schemas: Callable[[], str] = request.getfixturevalue("postgres_schemas")
+        settings = Settings(store="postgres", postgres_schema=schemas(), data_dir=tmp_path)
+    else:
+        settings = Settings(store="sqlite", data_dir=tmp_path)
+    first, second = build_application(settings), build_application(settings)
+    request.addfinalizer(first.close)
+    request.addfinalizer(second.close)
+    return first, second
+
+
+def test_a_record_another_writer_changed_is_read_afresh_by_the_next_batch(two_writers):
+    first, second = two_writers
+    start = [
+        message(0, "participant.enrolled", day(-7, 8), disease="SLE", dose_level="DL1"),
+        message(1, "infusion.administered", day(0, 8), dose_level="DL1", cells_per_kg=1e6),
+    ]
+    assert first.apply_batch(start, now=NOW).accepted == 2
+    # Another worker, given the partition for a while: fever 38.4 C on day 1 is CRS
+    # grade 1 (ASTCT 2019: fever >= 38 C, no hypotension, no hypoxia).
+    fever = [message(2, "vitals.recorded", day(1, 8), temperature_c=38.4)]
+    assert graded(second.apply_batch(fever, now=NOW)) == [1]
+
+    # Back on the first: a normal reading the next day. The record it changes holds
+    # the other writer's fever (no conflicting commit, no second attempt): the fever
+    # is over, so the course goes from that grade 1 to 0.
+    later = [message(3, "vitals.recorded", day(2, 8), temperature_c=36.9)]
+    outcome = first.apply_batch(later, now=NOW)
+    assert outcome.accepted == 1
+    assert outcome.attempts == 1
+    crs = [e.data for e in outcome.derived if e.type == "crs.graded"]
+    assert [(d["grade"], d["previous_grade"]) for d in crs] == [(0, 1)]
+    participant = first.get_participant(TRIAL, "G79-001")
+    assert {"e2", "e3"} <= participant.seen
+
+
+def test_a_protocol_another_process_activates_applies_from_the_next_batch(two_writers):
+    # Hypotension "not requiring vasopressors" = a reading below the protocol's SBP
+    # threshold treated with fluids (reference §1 [parameter]). SBP 92 is not
+    # hypotension at version 1's 90 mmHg, but is under version 2's 95 mmHg.
+    first, second = two_writers
+    first.activate_protocol(
+        ProtocolParameters(version="1"), activated_by="pi@site", reason="initial", at=NOW
+    )
+    start = [
+        message(0, "participant.enrolled", day(-7, 8), disease="SLE", dose_level="DL1"),
+        message(1, "infusion.administered", day(0, 8), dose_level="DL1", cells_per_kg=1e6),
+        message(2, "vitals.recorded", day(1, 8), temperature_c=38.5, systolic_bp_mmhg=92),
+        message(3, "fluid.bolus", day(1, 8), volume_ml=500, indication="hypotension"),
+    ]
+    assert graded(first.apply_batch(start, now=NOW)) == [1]
+
+    amended = ProtocolParameters(version="2", crs=CRSParameters(hypotension_sbp_below_mmhg=95.0))
+    second.activate_protocol(amended, activated_by="pi@site", reason="amendment 2", at=NOW)
+
+    later = [
+        message(4, "vitals.recorded", day(2, 8), temperature_c=38.6, systolic_bp_mmhg=92),
+        message(5, "fluid.bolus", day(2, 8), volume_ml=500, indication="hypotension"),
+    ]
+    # Fever with hypotension treated with fluids alone: grade 2 under version 2.
+    assert graded(first.apply_batch(later, now=NOW)) == [2]
+    assert first.get_participant(TRIAL, "G79-001").parameters.version == "2"
