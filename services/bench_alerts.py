@@ -25,7 +25,8 @@ import tempfile
 import threading
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -129,6 +130,122 @@ def _percentile(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
 
 
+class _Pipeline:
+    """A fresh clinical topic and SQLite store with ``toxwatch worker``, ``alerts`` and
+    ``dispatcher`` as child processes delivering to a local webhook, and ``participants``
+    enrolled and infused (applied before it is returned)."""
+
+    def __init__(self, servers: str, workdir: Path, participants: list[str]) -> None:
+        tag = uuid.uuid4().hex[:8]
+        self.servers = servers
+        self.clinical, self.bare = f"bench.{tag}.clinical", f"bench.{tag}.bare"
+        ensure_topics(
+            servers,
+            [self.clinical, self.bare, f"{self.clinical}.rejected", f"{self.clinical}.safety"],
+            PARTITIONS,
+        )
+        #: participant -> when the webhook received its ICANS ``alert.raised``.
+        self.arrived: dict[str, float] = {}
+        self.receiver = WebhookReceiver(SECRET, on_delivery=self._on_delivery).start()
+        endpoints = workdir / f"{tag}-endpoints.toml"
+        endpoints.write_text(
+            f'[[endpoints]]\nid = "desk"\nkind = "webhook"\nurl = "{self.receiver.url}"\n'
+        )
+        data_dir = workdir / tag
+        env = os.environ | {
+            "KAFKA_BOOTSTRAP_SERVERS": servers,
+            "TOXWATCH_CLINICAL_TOPIC": self.clinical,
+            "TOXWATCH_REJECTED_TOPIC": f"{self.clinical}.rejected",
+            "TOXWATCH_SAFETY_TOPIC": f"{self.clinical}.safety",
+            "TOXWATCH_CONSUMER_GROUP": f"bench-{tag}",
+            "TOXWATCH_DATA_DIR": str(data_dir),
+            "TOXWATCH_STORE": "sqlite",
+            "TOXWATCH_PARTITIONS": str(PARTITIONS),
+            "TOXWATCH_ALERT_ENDPOINTS_FILE": str(endpoints),
+            "TOXWATCH_WEBHOOK_SECRET": SECRET.decode(),
+            "TOXWATCH_DISPATCH_MAX_BACKOFF_SECONDS": "1",
+        }
+        self.app = build_application(Settings(data_dir=data_dir, store="sqlite"))
+        self.children = [
+            subprocess.Popen(
+                [sys.executable, "-m", "services.cli", name],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for name in ("worker", "alerts", "dispatcher")
+        ]
+        self.producer = reliable_producer(servers, linger_ms=1)
+        now = datetime.now(UTC)
+        setup = [(p, v) for p in participants for v in _onboarding(p, now)]
+        self.send(setup)
+        self.wait_applied(len(setup), timeout=300)
+
+    def _on_delivery(self, delivery: Delivery) -> None:
+        body = delivery.body
+        if body.get("type") == "alert.raised" and body["data"].get("category") == "icans":
+            self.arrived.setdefault(body["participant_id"], delivery.received_at)
+
+    def send(self, messages: list[tuple[str, bytes]]) -> None:
+        for key, value in messages:
+            self.producer.send(self.clinical, key=key.encode(), value=value)
+        self.producer.flush()
+
+    def applied(self) -> int:
+        return applied(self.app, self.clinical, PARTITIONS)
+
+    def wait_applied(self, count: int, timeout: float, interval: float = 0.2) -> float:
+        deadline = time.monotonic() + timeout
+        while self.applied() < count:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the worker did not apply {count:,} messages in time")
+            time.sleep(interval)
+        return time.perf_counter()
+
+    def close(self) -> None:
+        self.producer.close()
+        for child in self.children:
+            child.terminate()
+            child.wait(15)
+        self.receiver.stop()
+        self.app.close()
+
+
+def _vitals(participant: str) -> bytes:
+    return _event(
+        "vitals.recorded", participant, datetime.now(UTC),
+        temperature_c=36.8, heart_rate_bpm=78, systolic_bp_mmhg=121,
+    )  # fmt: skip
+
+
+def _background(participants: int) -> list[str]:
+    return [f"BG-{i:04d}" for i in range(participants)]
+
+
+def measure_maximum(
+    servers: str, workdir: Path, messages: int, background_participants: int = 200
+) -> float:
+    """The sustained maximum of this bench's own background load: ``messages`` of its
+    vital signs, produced before the clock starts, applied by the same three processes
+    on a fresh store; events/s from the worker's first commit of them to its last.
+
+    The latency "at 80 % of the sustained maximum" is then measured against the load it
+    is loaded with: the ingest bench's programme (most of its messages clock ticks,
+    which cost the worker less than vital signs) sustains a higher rate than this."""
+    background = _background(background_participants)
+    run = _Pipeline(servers, workdir, background)
+    try:
+        before = run.applied()
+        senders = (background[i % len(background)] for i in range(messages))
+        run.send([(p, _vitals(p)) for p in senders])
+        run.wait_applied(before + 1, timeout=120, interval=0.02)
+        at_first, first = run.applied(), time.perf_counter()
+        finished = run.wait_applied(before + messages, timeout=3600, interval=0.05)
+        return (before + messages - at_first) / (finished - first)
+    finally:
+        run.close()
+
+
 def _run_one(
     servers: str,
     workdir: Path,
@@ -138,63 +255,31 @@ def _run_one(
     console: Console,
     background_participants: int = 200,
 ) -> LatencyResult:
-    tag = uuid.uuid4().hex[:8]
-    clinical, bare = f"bench.{tag}.clinical", f"bench.{tag}.bare"
-    ensure_topics(servers, [clinical, bare, f"{clinical}.rejected", f"{clinical}.safety"], 4)
-    arrived: dict[str, float] = {}
-
-    def on_delivery(delivery: Delivery) -> None:
-        body = delivery.body
-        if body.get("type") == "alert.raised" and body["data"].get("category") == "icans":
-            arrived.setdefault(body["participant_id"], delivery.received_at)
-
-    receiver = WebhookReceiver(SECRET, on_delivery=on_delivery).start()
-    endpoints = workdir / f"{tag}-endpoints.toml"
-    endpoints.write_text(f'[[endpoints]]\nid = "desk"\nkind = "webhook"\nurl = "{receiver.url}"\n')
-    data_dir = workdir / tag
-    env = os.environ | {
-        "KAFKA_BOOTSTRAP_SERVERS": servers,
-        "TOXWATCH_CLINICAL_TOPIC": clinical,
-        "TOXWATCH_REJECTED_TOPIC": f"{clinical}.rejected",
-        "TOXWATCH_SAFETY_TOPIC": f"{clinical}.safety",
-        "TOXWATCH_CONSUMER_GROUP": f"bench-{tag}",
-        "TOXWATCH_DATA_DIR": str(data_dir),
-        "TOXWATCH_STORE": "sqlite",
-        "TOXWATCH_PARTITIONS": str(PARTITIONS),
-        "TOXWATCH_ALERT_ENDPOINTS_FILE": str(endpoints),
-        "TOXWATCH_WEBHOOK_SECRET": SECRET.decode(),
-        "TOXWATCH_DISPATCH_MAX_BACKOFF_SECONDS": "1",
-    }
-    app = build_application(Settings(data_dir=data_dir, store="sqlite"))
-    children = [
-        subprocess.Popen(
-            [sys.executable, "-m", "services.cli", name],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for name in ("worker", "alerts", "dispatcher")
-    ]
-    producer = reliable_producer(servers, linger_ms=1)
-    now = datetime.now(UTC)
-    background = [f"BG-{i:04d}" for i in range(background_participants)]
+    background = _background(background_participants)
     probes = [f"PR-{i:04d}" for i in range(int(seconds * probes_per_s) + 1)]
-    setup = [(p, v) for p in background + probes for v in _onboarding(p, now)]
-    for key, value in setup:
-        producer.send(clinical, key=key.encode(), value=value)
-    producer.flush()
-    deadline = time.monotonic() + 300
-    while applied(app, clinical, PARTITIONS) < len(setup):
-        if time.monotonic() > deadline:
-            raise TimeoutError("the worker did not apply the set-up messages")
-        time.sleep(0.2)
+    run = _Pipeline(servers, workdir, background + probes)
+    try:
+        return _measure(run, background, probes, rate, seconds, probes_per_s, console)
+    finally:
+        run.close()
 
+
+def _measure(
+    run: _Pipeline,
+    background: list[str],
+    probes: list[str],
+    rate: int,
+    seconds: float,
+    probes_per_s: float,
+    console: Console,
+) -> LatencyResult:
+    producer, clinical, bare = run.producer, run.clinical, run.bare
     bare_sent: dict[str, float] = {}
     bare_seen: dict[str, float] = {}
     consumer = KafkaConsumer(
         bare,
-        bootstrap_servers=servers,
-        group_id=f"bare-{tag}",
+        bootstrap_servers=run.servers,
+        group_id=f"bare-{bare}",
         auto_offset_reset="earliest",
         fetch_max_wait_ms=10,
         **GROUP_TIMINGS,
@@ -221,11 +306,7 @@ def _run_one(
         due = int(elapsed * rate)
         while produced < due:
             participant = background[produced % len(background)]
-            value = _event(
-                "vitals.recorded", participant, datetime.now(UTC),
-                temperature_c=36.8, heart_rate_bpm=78, systolic_bp_mmhg=121,
-            )  # fmt: skip
-            producer.send(clinical, key=participant.encode(), value=value)
+            producer.send(clinical, key=participant.encode(), value=_vitals(participant))
             produced += 1
         if time.monotonic() >= next_probe and probe_index < len(probes):
             participant = probes[probe_index]
@@ -239,18 +320,13 @@ def _run_one(
         time.sleep(0.002)
     producer.flush()
     achieved = produced / (time.monotonic() - started)
+    arrived = run.arrived
     deadline = time.monotonic() + 180
     while set(sent) - set(arrived) and time.monotonic() < deadline:
         time.sleep(0.2)
     stop.set()
     reader.join(5)
     consumer.close()
-    producer.close()
-    for child in children:
-        child.terminate()
-        child.wait(15)
-    receiver.stop()
-    app.close()
     alert = [(arrived[p] - t) * 1000 for p, t in sent.items() if p in arrived]
     base = [(bare_seen[p] - t) * 1000 for p, t in bare_sent.items() if p in bare_seen]
     result = LatencyResult(
@@ -306,6 +382,25 @@ def alerts_table(results: list[LatencyResult]) -> Table:
     return table
 
 
+@dataclass
+class AlertBench:
+    """The latencies, in the order measured: each given rate, then each fraction of the
+    load's sustained maximum (``measure_maximum``, median of the runs) when asked."""
+
+    results: list[LatencyResult]
+    maximum_per_s: float | None = None
+    maximum_runs: list[float] = field(default_factory=list)
+    fractions: list[float] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "results": [r.to_json() for r in self.results],
+            "sustained_max_events_per_s": self.maximum_per_s,
+            "sustained_max_runs": self.maximum_runs,
+            "fractions": self.fractions,
+        }
+
+
 def run_alert_bench(
     *,
     rates: list[int],
@@ -315,30 +410,45 @@ def run_alert_bench(
     keep: Path | None = None,
     runs: int = 1,
     background_participants: int = 200,
+    fractions: Sequence[float] = (),
+    saturation_messages: int = 20_000,
     console: Console | None = None,
-) -> list[LatencyResult]:
+) -> AlertBench:
     """``keep``: a folder to keep the runs' stores in (for a breakdown), else temporary.
-    Each rate is measured ``runs`` times (fresh topics and store each time)."""
+    Each rate is measured ``runs`` times (fresh topics and store each time); then, if
+    ``fractions`` are given, the load's sustained maximum (``saturation_messages`` of
+    it, ``runs`` times) and each fraction of it."""
     console = console or Console(width=140)
-    results = []
+    bench = AlertBench([], fractions=list(fractions))
     with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as tmp:
+        servers = broker.bootstrap_servers
         workdir = keep or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
-        for rate in rates:
+
+        def measured(rate: int) -> LatencyResult:
             per_run = [
                 _run_one(
-                    broker.bootstrap_servers,
-                    workdir,
-                    rate,
-                    seconds,
-                    probes_per_s,
-                    console,
-                    background_participants,
+                    servers, workdir, rate, seconds, probes_per_s, console, background_participants
                 )
                 for _ in range(runs)
             ]
-            results.append(median_result(per_run) if runs > 1 else per_run[0])
-    console.print(alerts_table(results))
+            return median_result(per_run) if runs > 1 else per_run[0]
+
+        bench.results = [measured(rate) for rate in rates]
+        if fractions:
+            for run in range(runs):
+                bench.maximum_runs.append(
+                    measure_maximum(servers, workdir, saturation_messages, background_participants)
+                )
+                console.print(
+                    f"sustained maximum of the background load, run {run + 1}/{runs}: "
+                    f"{bench.maximum_runs[-1]:,.0f}/s ({saturation_messages:,} vital signs)"
+                )
+            bench.maximum_per_s = statistics.median(bench.maximum_runs)
+            bench.results += [
+                measured(max(1, round(fraction * bench.maximum_per_s))) for fraction in fractions
+            ]
+    console.print(alerts_table(bench.results))
     if out is not None:
-        out.write_text(json.dumps([r.to_json() for r in results], indent=2) + "\n")
-    return results
+        out.write_text(json.dumps(bench.to_json(), indent=2) + "\n")
+    return bench

@@ -611,17 +611,30 @@ def bench_alerts(
     runs: Annotated[int, typer.Option(help="Runs per rate (medians are reported).")] = 1,
     out: Annotated[Path | None, typer.Option(help="Write the results as JSON.")] = None,
     keep: Annotated[Path | None, typer.Option(help="Keep each run's store in this folder.")] = None,
+    fractions: Annotated[
+        list[float] | None,
+        typer.Option(
+            "--fraction",
+            help="Also at this fraction of the load's sustained maximum, measured first "
+            "(repeat; e.g. 0.8).",
+        ),
+    ] = None,
+    saturation_messages: Annotated[
+        int, typer.Option(help="Messages of the load that measure its sustained maximum.")
+    ] = 20_000,
 ) -> None:
     """Latency from a clinical event produced to its alert on a webhook, under load."""
     from services.bench_alerts import run_alert_bench
 
     run_alert_bench(
-        rates=rates or [100, 1000],
+        rates=rates if rates is not None else ([] if fractions else [100, 1000]),
         seconds=seconds,
         probes_per_s=probes_per_s,
         runs=runs,
         out=out,
         keep=keep,
+        fractions=fractions or (),
+        saturation_messages=saturation_messages,
     )
 
 

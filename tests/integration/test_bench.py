@@ -63,6 +63,12 @@ def test_bench_all_quick_writes_every_target_with_its_baseline_and_verdict(
     assert len(report["machine_before"]["load_average"]) == 3
     assert report["commit"]
     assert {"ingest", "alerts", "replay", "scaling", "memory"} <= set(report["details"])
+    # The 80 % point is 80 % of the maximum of the alert bench's own load, measured.
+    alerts = report["details"]["alerts"]
+    assert _measured(alerts["sustained_max_events_per_s"]), alerts
+    assert alerts["results"][1]["rate_per_s"] == max(
+        1, round(0.8 * alerts["sustained_max_events_per_s"])
+    ), alerts
     assert "measured" in completed.stdout and "baseline" in completed.stdout
 
     shown = subprocess.run(
