@@ -118,6 +118,31 @@ def test_infusion_exactly_48_hours_after_a_fever_is_not_a_deviation():
     assert course.rules() == []
 
 
+def test_a_fever_charted_at_the_infusion_itself_is_a_deviation():
+    """Reference §7: the 48 h afebrile before infusion run up to the infusion itself;
+    a fever charted at that moment was not afebrile."""
+    course = ready()
+    course.temperature(D0, 38.3)
+    course.infuse()
+    (deviation,) = course.check().deviations
+    assert deviation.rule == "infusion_within_48h_of_fever"
+    assert "0.0 h" in deviation.detail
+
+
+def test_fevers_after_the_infusion_do_not_count_however_many():
+    """Reference §7 gates the infusion; fever after it is CRS (§1), not a deviation. A
+    long record after the infusion (the gate is evaluated at every vital sign) does
+    not change the finding: the 47 h fever before it is the one in the detail."""
+    course = ready()
+    course.temperature(before_infusion(47), 38.2)
+    course.infuse()
+    for hour in range(1, 200):
+        course.temperature(D0 + timedelta(hours=hour), 38.0 + (hour % 3) / 2)
+    (deviation,) = course.check().deviations
+    assert deviation.rule == "infusion_within_48h_of_fever"
+    assert "47.0 h" in deviation.detail and "38.2 C" in deviation.detail
+
+
 def test_a_temperature_of_37_9_is_not_a_fever():
     """Reference §3/§7: fever is >= 38.0 C; 37.9 C one hour before infusion is not."""
     course = ready()
