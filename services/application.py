@@ -271,8 +271,9 @@ class SafetyMonitoring(Application[UUID]):
         ]
         claims = [(trial, event_id, who) for (trial, event_id), who in batch.claims.items()]
         if pending or trackings:
-            self.save(*pending, **{TRACKINGS: trackings, EVENT_ID_CLAIMS: claims})
+            recordings = self.save(*pending, **{TRACKINGS: trackings, EVENT_ID_CLAIMS: claims})
             self._keep(pending)
+            self._passed([r.notification.id for r in recordings])
         outcome.commit_seconds = time.perf_counter() - started
         for (topic, partition), offset in batch.positions.items():
             self._positions[(topic, partition)] = offset + 1
@@ -395,6 +396,19 @@ class SafetyMonitoring(Application[UUID]):
                     if current.get(aggregate_id).version < version:
                         current.get(aggregate_id, evict=True)
         self._current_to = position
+
+    def _passed(self, stored: Sequence[int]) -> None:
+        """After a batch's commit, the positions of its events: when they directly
+        follow the position checked before the batch, no other writer's events lie
+        between, and the next check need not read the batch's own events back."""
+        ids = sorted(stored)
+        if (
+            self._current_to is not None
+            and ids
+            and ids[0] == self._current_to + 1
+            and ids[-1] - ids[0] + 1 == len(ids)
+        ):
+            self._current_to = ids[-1]
 
     def _keep(self, saved: Sequence[Aggregate]) -> None:
         """Cache the aggregates a batch saved, as saved: eventsourcing caches only what

@@ -86,3 +86,41 @@ def test_a_protocol_another_process_activates_applies_from_the_next_batch(two_wr
     # Fever with hypotension treated with fluids alone: grade 2 under version 2.
     assert graded(first.apply_batch(later, now=NOW)) == [2]
     assert first.get_participant(TRIAL, "G79-001").parameters.version == "2"
+
+
+def test_a_protocol_activated_while_a_batch_is_applied_applies_from_the_batch_after(
+    two_writers, monkeypatch
+):
+    # As above, but version 2 is activated after the first's check of other writers
+    # and before its commit: its own commit then does not follow the position checked,
+    # and the next check must still read version 2's activation.
+    first, second = two_writers
+    first.activate_protocol(
+        ProtocolParameters(version="1"), activated_by="pi@site", reason="initial", at=NOW
+    )
+    start = [
+        message(0, "participant.enrolled", day(-7, 8), disease="SLE", dose_level="DL1"),
+        message(1, "infusion.administered", day(0, 8), dose_level="DL1", cells_per_kg=1e6),
+        message(2, "vitals.recorded", day(1, 8), temperature_c=38.5, systolic_bp_mmhg=92),
+        message(3, "fluid.bolus", day(1, 8), volume_ml=500, indication="hypotension"),
+    ]
+    assert graded(first.apply_batch(start, now=NOW)) == [1]
+
+    amended = ProtocolParameters(version="2", crs=CRSParameters(hypotension_sbp_below_mmhg=95.0))
+    apply_and_save = first._apply_and_save
+
+    def activated_meanwhile(*args, **kwargs):
+        second.activate_protocol(amended, activated_by="pi@site", reason="amendment 2", at=NOW)
+        return apply_and_save(*args, **kwargs)
+
+    monkeypatch.setattr(first, "_apply_and_save", activated_meanwhile)
+    meanwhile = [message(4, "vitals.recorded", day(1, 20), temperature_c=38.4)]
+    assert first.apply_batch(meanwhile, now=NOW).accepted == 1
+    monkeypatch.undo()
+
+    later = [
+        message(5, "vitals.recorded", day(2, 8), temperature_c=38.6, systolic_bp_mmhg=92),
+        message(6, "fluid.bolus", day(2, 8), volume_ml=500, indication="hypotension"),
+    ]
+    assert graded(first.apply_batch(later, now=NOW)) == [2]
+    assert first.get_participant(TRIAL, "G79-001").parameters.version == "2"
