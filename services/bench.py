@@ -14,12 +14,20 @@ run measures
   derived event.
 Figures are medians over the runs; the ratio is full path / baseline (both count
 every message produced, a clock tick once per partition).
+
+Before the stores, each run also measures the worker's faust consumer alone
+(:mod:`services.bench_faust`: its settings, batching and executor hop, a JSON decode
+in place of the application): the part of the full path that is faust's, reported
+as its own ratio to the same baseline.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -35,6 +43,7 @@ from rich.table import Table
 from infra.broker import EmbeddedBroker, ensure_topics
 from services.application import SafetyMonitoring
 from services.bench_harness import (
+    REPO,
     BenchStore,
     Mix,
     Programme,
@@ -45,6 +54,7 @@ from services.bench_harness import (
     produce,
     programme_messages,
     running,
+    stop,
     topics_of,
     wait_for,
 )
@@ -79,6 +89,18 @@ class IngestReport:
     mix: Mix
     runs: int
     results: list[BenchResult]
+    #: The worker's faust consumer with only a JSON decode per message (``services.
+    #: bench_faust``): what consuming through faust alone sustains, median of the runs.
+    faust_events_per_s: float | None = None
+    faust_runs: list[float] = field(default_factory=list)
+
+    @property
+    def faust_ratio(self) -> float | None:
+        """The faust consume over the bare kafka-python one (medians of every run)."""
+        baselines = [b for r in self.results for b in r.baseline_runs]
+        if self.faust_events_per_s is None or not baselines:
+            return None
+        return self.faust_events_per_s / statistics.median(baselines)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -86,6 +108,9 @@ class IngestReport:
             "runs": self.runs,
             "partitions": PARTITIONS,
             "results": [r.to_json() for r in self.results],
+            "faust_events_per_s": self.faust_events_per_s,
+            "faust_runs": self.faust_runs,
+            "faust_ratio": self.faust_ratio,
         }
 
     def sustained_max(self, store: str) -> float | None:
@@ -110,6 +135,34 @@ def _baseline(servers: str, topic: str, expected: int) -> float:
     elapsed = time.perf_counter() - started
     consumer.close()
     return seen / elapsed
+
+
+def _faust_only(servers: str, topic: str, expected: int, workdir: Path) -> float:
+    """Events/s of ``services.bench_faust`` reading the stream (a new consumer group)."""
+    out = workdir / f"faust-{uuid.uuid4().hex[:8]}.json"
+    env = dict(os.environ) | {
+        "KAFKA_BOOTSTRAP_SERVERS": servers,
+        "TOXWATCH_CLINICAL_TOPIC": topic,
+        "TOXWATCH_CONSUMER_GROUP": f"bench-faust-{uuid.uuid4().hex[:8]}",
+        "TOXWATCH_PARTITIONS": str(PARTITIONS),
+        "BENCH_EXPECTED": str(expected),
+        "BENCH_OUT": str(out),
+    }
+    child = subprocess.Popen(
+        [sys.executable, "-m", "services.bench_faust"],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(lambda: out.exists() or child.poll() is not None, timeout=900, interval=0.1)
+    finally:
+        stop([child])
+    if not out.exists():
+        raise RuntimeError(f"the bare faust consume exited with {child.returncode}")
+    result = json.loads(out.read_text())
+    return float(result["messages"]) / float(result["seconds"])
 
 
 def _full_path(servers: str, topic: str, expected: int, kind: str, workdir: Path) -> float:
@@ -148,16 +201,20 @@ def measure_ingest(
     runs: int,
     workdir: Path,
     console: Console,
-) -> tuple[list[BenchResult], int]:
-    """Medians per store; also the messages produced. The stream is produced once
-    (the producer is slow); each run reads it afresh, in a new consumer group and a
-    new store."""
+) -> tuple[list[BenchResult], int, list[float]]:
+    """Medians per store; also the messages produced and the bare faust runs. The
+    stream is produced once (the producer is slow); each run reads it afresh, in a new
+    consumer group and a new store."""
     topic = f"bench.ingest.{uuid.uuid4().hex[:6]}"
     ensure_topics(servers, topics_of(topic), PARTITIONS)
     started = time.perf_counter()
     produced = produce(servers, topic, messages)
     console.print(f"produced {produced:,} messages in {time.perf_counter() - started:,.0f} s")
     results: list[BenchResult] = []
+    faust = []
+    for run in range(runs):
+        faust.append(_faust_only(servers, topic, produced, workdir))
+        console.print(f"bare faust consume run {run + 1}/{runs}: {faust[-1]:,.0f}/s")
     for kind in stores:
         baselines, full = [], []
         for run in range(runs):
@@ -177,7 +234,7 @@ def measure_ingest(
                 full,
             )
         )
-    return results, produced
+    return results, produced, faust
 
 
 def ingest_table(report: IngestReport) -> Table:
@@ -223,14 +280,21 @@ def run_ingest_bench(
     with tempfile.TemporaryDirectory(prefix="toxwatch-bench-") as tmp:
         if servers is None:
             with EmbeddedBroker() as broker:
-                results, produced = measure_ingest(
+                results, produced, faust = measure_ingest(
                     broker.bootstrap_servers, messages, stores, runs, Path(tmp), console
                 )
         else:
-            results, produced = measure_ingest(servers, messages, stores, runs, Path(tmp), console)
+            results, produced, faust = measure_ingest(
+                servers, messages, stores, runs, Path(tmp), console
+            )
     mix.messages_produced, mix.partitions = produced, PARTITIONS
-    report = IngestReport(mix, runs, results)
+    report = IngestReport(mix, runs, results, statistics.median(faust), faust)
     console.print(ingest_table(report))
+    console.print(
+        f"bare faust consume + decode (the worker's consumer, no application): "
+        f"{report.faust_events_per_s:,.0f} ev/s, {report.faust_ratio:.3f} of the bare "
+        "kafka-python loop"
+    )
     if out is not None:
         out.write_text(json.dumps(report.to_json(), indent=2) + "\n")
     return report

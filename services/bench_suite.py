@@ -187,9 +187,19 @@ def _ingest_targets(report: Any, options: SuiteOptions) -> list[Target]:
                 met=r.ratio >= 0.5,
                 scale=scale,
                 at_issue_scale=mix.participants >= ISSUE_PARTICIPANTS,
+                note=_faust_note(report),
             )
         )
     return targets
+
+
+def _faust_note(report: Any) -> str:
+    if report.faust_ratio is None:
+        return ""
+    return (
+        f"faust's consumer alone (no application): {report.faust_events_per_s:,.0f} ev/s, "
+        f"ratio {report.faust_ratio:.2f}"
+    )
 
 
 def _latency_target(

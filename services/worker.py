@@ -111,10 +111,10 @@ def _transport(app: faust.App, fetch_max_wait_ms: int, align: Align) -> Any:
     return Transport(app.conf.broker_consumer, app)
 
 
-def create_faust_app(
-    settings: Settings, bootstrap_servers: str, application: SafetyMonitoring, metrics: Metrics
-) -> faust.App:
-    app = faust.App(
+def consumer_app(settings: Settings, bootstrap_servers: str) -> faust.App:
+    """The worker's faust app and consumer settings, without its agent or transport
+    (``toxwatch bench ingest`` measures a bare consume on the same)."""
+    return faust.App(
         settings.consumer_group,
         broker=f"kafka://{bootstrap_servers}",
         store="memory://",
@@ -133,6 +133,24 @@ def create_faust_app(
         # A batch whose agent raised must not count as processed (nor its offsets).
         stream_ack_exceptions=False,
     )
+
+
+def inbound_topic(app: faust.App, settings: Settings) -> Any:
+    """The clinical topic as the worker reads it: raw bytes."""
+    return app.topic(
+        settings.clinical_topic,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=settings.partitions,
+    )
+
+
+def create_faust_app(
+    settings: Settings, bootstrap_servers: str, application: SafetyMonitoring, metrics: Metrics
+) -> faust.App:
+    app = consumer_app(settings, bootstrap_servers)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
 
     async def align(consumer: Any, committed: Mapping[TP, int]) -> Mapping[TP, int]:
@@ -165,14 +183,7 @@ def create_faust_app(
         return aligned
 
     app.transport = _transport(app, settings.fetch_max_wait_ms, align)
-    topic = app.topic(
-        settings.clinical_topic,
-        key_type=bytes,
-        value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
-        partitions=settings.partitions,
-    )
+    topic = inbound_topic(app, settings)
 
     @app.on_partitions_assigned.connect
     async def sources_assigned(sender: Any, assigned: set[TP], **kwargs: Any) -> None:
