@@ -60,31 +60,46 @@ def test_a_record_another_writer_changed_is_read_afresh_by_the_next_batch(two_wr
     assert {"e2", "e3"} <= participant.seen
 
 
-def test_a_protocol_another_process_activates_applies_from_the_next_batch(two_writers):
-    # Hypotension "not requiring vasopressors" = a reading below the protocol's SBP
-    # threshold treated with fluids (reference §1 [parameter]). SBP 92 is not
-    # hypotension at version 1's 90 mmHg, but is under version 2's 95 mmHg.
-    first, second = two_writers
-    first.activate_protocol(
+# Hypotension "not requiring vasopressors" = a reading below the protocol's SBP
+# threshold treated with fluids (reference §1 [parameter]). SBP 92 is not hypotension
+# at version 1's 90 mmHg, but is under version 2's 95 mmHg.
+AMENDED = ProtocolParameters(version="2", crs=CRSParameters(hypotension_sbp_below_mmhg=95.0))
+
+
+def febrile_at_92_mmhg(at_offset: int, on_day: int) -> list:
+    """Fever with SBP 92 mmHg treated with a fluid bolus, at 08:00 of ``on_day``."""
+    return [
+        message(at_offset, "vitals.recorded", day(on_day, 8), temperature_c=38.6,
+                systolic_bp_mmhg=92),
+        message(at_offset + 1, "fluid.bolus", day(on_day, 8), volume_ml=500,
+                indication="hypotension"),
+    ]  # fmt: skip
+
+
+def graded_1_under_version_1(app: SafetyMonitoring) -> None:
+    """Version 1 activated, then day 1's fever at 92 mmHg: CRS grade 1 (fever only)."""
+    app.activate_protocol(
         ProtocolParameters(version="1"), activated_by="pi@site", reason="initial", at=NOW
     )
     start = [
         message(0, "participant.enrolled", day(-7, 8), disease="SLE", dose_level="DL1"),
         message(1, "infusion.administered", day(0, 8), dose_level="DL1", cells_per_kg=1e6),
-        message(2, "vitals.recorded", day(1, 8), temperature_c=38.5, systolic_bp_mmhg=92),
-        message(3, "fluid.bolus", day(1, 8), volume_ml=500, indication="hypotension"),
+        *febrile_at_92_mmhg(2, on_day=1),
     ]
-    assert graded(first.apply_batch(start, now=NOW)) == [1]
+    assert graded(app.apply_batch(start, now=NOW)) == [1]
 
-    amended = ProtocolParameters(version="2", crs=CRSParameters(hypotension_sbp_below_mmhg=95.0))
-    second.activate_protocol(amended, activated_by="pi@site", reason="amendment 2", at=NOW)
 
-    later = [
-        message(4, "vitals.recorded", day(2, 8), temperature_c=38.6, systolic_bp_mmhg=92),
-        message(5, "fluid.bolus", day(2, 8), volume_ml=500, indication="hypotension"),
-    ]
-    # Fever with hypotension treated with fluids alone: grade 2 under version 2.
-    assert graded(first.apply_batch(later, now=NOW)) == [2]
+def activate_version_2(app: SafetyMonitoring) -> None:
+    app.activate_protocol(AMENDED, activated_by="pi@site", reason="amendment 2", at=NOW)
+
+
+def test_a_protocol_another_process_activates_applies_from_the_next_batch(two_writers):
+    first, second = two_writers
+    graded_1_under_version_1(first)
+    activate_version_2(second)
+
+    # Day 2's fever at 92 mmHg with fluids alone: grade 2 under version 2.
+    assert graded(first.apply_batch(febrile_at_92_mmhg(4, on_day=2), now=NOW)) == [2]
     assert first.get_participant(TRIAL, "G79-001").parameters.version == "2"
 
 
@@ -95,22 +110,11 @@ def test_a_protocol_activated_while_a_batch_is_applied_applies_from_the_batch_af
     # and before its commit: its own commit then does not follow the position checked,
     # and the next check must still read version 2's activation.
     first, second = two_writers
-    first.activate_protocol(
-        ProtocolParameters(version="1"), activated_by="pi@site", reason="initial", at=NOW
-    )
-    start = [
-        message(0, "participant.enrolled", day(-7, 8), disease="SLE", dose_level="DL1"),
-        message(1, "infusion.administered", day(0, 8), dose_level="DL1", cells_per_kg=1e6),
-        message(2, "vitals.recorded", day(1, 8), temperature_c=38.5, systolic_bp_mmhg=92),
-        message(3, "fluid.bolus", day(1, 8), volume_ml=500, indication="hypotension"),
-    ]
-    assert graded(first.apply_batch(start, now=NOW)) == [1]
-
-    amended = ProtocolParameters(version="2", crs=CRSParameters(hypotension_sbp_below_mmhg=95.0))
+    graded_1_under_version_1(first)
     apply_and_save = first._apply_and_save
 
     def activated_meanwhile(*args, **kwargs):
-        second.activate_protocol(amended, activated_by="pi@site", reason="amendment 2", at=NOW)
+        activate_version_2(second)
         return apply_and_save(*args, **kwargs)
 
     monkeypatch.setattr(first, "_apply_and_save", activated_meanwhile)
@@ -118,9 +122,5 @@ def test_a_protocol_activated_while_a_batch_is_applied_applies_from_the_batch_af
     assert first.apply_batch(meanwhile, now=NOW).accepted == 1
     monkeypatch.undo()
 
-    later = [
-        message(5, "vitals.recorded", day(2, 8), temperature_c=38.6, systolic_bp_mmhg=92),
-        message(6, "fluid.bolus", day(2, 8), volume_ml=500, indication="hypotension"),
-    ]
-    assert graded(first.apply_batch(later, now=NOW)) == [2]
+    assert graded(first.apply_batch(febrile_at_92_mmhg(5, on_day=2), now=NOW)) == [2]
     assert first.get_participant(TRIAL, "G79-001").parameters.version == "2"
