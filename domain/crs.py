@@ -26,7 +26,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import Literal
+from typing import Final, Literal
 
 from domain.contract import (
     DeathReported,
@@ -171,6 +171,9 @@ class _Concurrency:
     start: datetime
     stop: datetime | None
     evidence: tuple[str, ...]
+
+
+_VASOPRESSOR: Final = ("vasopressor.changed",)
 
 
 def _vasopressor_runs(entries: Sequence[TimelineEntry]) -> list[_Run]:
@@ -655,7 +658,8 @@ def derive_crs(
     """
     schedule: ParameterSchedule = [(None, params)] if isinstance(params, CRSParameters) else params
     entries = chronological(timeline, CRS_INPUT_TYPES)
-    concurrency = _concurrent_periods(_vasopressor_runs(entries))
+    # The vasopressor entries alone, in the same order: not every vital sign again.
+    concurrency = _concurrent_periods(_vasopressor_runs(chronological(timeline, _VASOPRESSOR)))
     if resumable is not None and not concurrency:
         # Without concurrent vasopressors the instants settled are the entries' own
         # and nothing before ``finish`` depends on ``as_of``: the sweep resumes.
