@@ -11,7 +11,7 @@ Each target: measured, baseline (of the same run), ratio, what is required and
 whether it is met, and the scale it was measured at next to the issue's (a target
 met at a smaller scale is reported as such: ``at_issue_scale``). Sizes come from a
 preset, each overridable: ``quick``, a smoke run (minutes); ``moderate``, the
-default (about 40 minutes on two shared CPUs); ``issue``, the issue's sizes (hours
+default (10 to 20 minutes on two shared CPUs); ``issue``, the issue's sizes (hours
 at today's rates: 2,000 participants, 1,000,000 stored events to replay, memory from
 100,000 to 1,000,000 messages).
 """
