@@ -26,7 +26,7 @@ import faust
 from faust.types import TP
 
 from infra.settings import Settings
-from services.worker import _transport, consumer_app, inbound_topic
+from services.worker import consumer_app, consumer_transport, inbound_topic
 
 
 def _decode(values: Sequence[bytes | None]) -> int:
@@ -42,7 +42,7 @@ def bare_consumer(settings: Settings, expected: int, out: Path) -> faust.App:
     async def as_committed(consumer: Any, committed: Mapping[TP, int]) -> Mapping[TP, int]:
         return committed
 
-    app.transport = _transport(app, settings.fetch_max_wait_ms, as_committed)
+    app.transport = consumer_transport(app, settings.fetch_max_wait_ms, as_committed)
     seen = at_first = 0
     first: float | None = None
 

@@ -87,7 +87,7 @@ class _ConsumerThread(faust_kafka.AIOKafkaConsumerThread):
 Align = Callable[[Any, Mapping[TP, int]], Awaitable[Mapping[TP, int]]]
 
 
-def _transport(app: faust.App, fetch_max_wait_ms: int, align: Align) -> Any:
+def consumer_transport(app: faust.App, fetch_max_wait_ms: int, align: Align) -> Any:
     """faust's Kafka transport, its consumer using :class:`_ConsumerThread` and
     resuming, after each assignment, where ``align`` says."""
 
@@ -183,7 +183,7 @@ def create_faust_app(
             aligned.update(behind)
         return aligned
 
-    app.transport = _transport(app, settings.fetch_max_wait_ms, align)
+    app.transport = consumer_transport(app, settings.fetch_max_wait_ms, align)
     topic = inbound_topic(app, settings)
 
     @app.on_partitions_assigned.connect
