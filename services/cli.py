@@ -143,10 +143,10 @@ def relay() -> None:
     """Run the relay: derived events from the store to Kafka, in log order."""
     from prometheus_client import start_http_server
 
-    from infra.kafka import reliable_producer
+    from infra.kafka import TopicIds, reliable_producer
     from infra.metrics import Metrics
     from services.bootstrap import build_application
-    from services.relay import Relay
+    from services.relay import OutputReplaced, Relay
 
     settings = _settings()
     servers = _bootstrap_servers(settings)
@@ -157,6 +157,7 @@ def relay() -> None:
         )
     producer = reliable_producer(servers)
     relay_ = Relay(build_application(settings), producer, settings, metrics)
+    relay_.topic_ids = topic_ids = TopicIds(servers)
     relay_.reconcile(servers)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -164,8 +165,14 @@ def relay() -> None:
         relay_.run(stop)
     except KeyboardInterrupt:
         pass
+    except OutputReplaced as replaced:
+        # Its successor starts with a new producer and reconciles: the supervisor's
+        # restart (compose's policy), as for the worker's recreated inbound topic.
+        print(f"relay: {replaced}: exiting to restart", file=sys.stderr)
+        raise SystemExit(75) from None
     finally:
-        producer.close()
+        producer.close(timeout=5)
+        topic_ids.close()
 
 
 @app.command()

@@ -11,6 +11,9 @@ partition holds" nor "below the highest one this partition holds" is safe: a bro
 restart can fail the sends to one partition while later ones reach the others, and
 after it an idempotent producer's earlier batch to a partition can fail
 (``OutOfOrderSequenceNumber``) while a later one to the same partition was stored.
+A batch's position is recorded only while the output topics keep the ids they had
+when the relay started (``Relay.note_outputs``): a broker restarted without its data
+can answer a send as a duplicate without storing it.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import base64
 import json
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from eventsourcing.persistence import Notification
@@ -28,6 +31,7 @@ from kafka.partitioner.default import murmur2
 
 from domain.participant import SafetyEventRecorded
 from domain.records import IngestLedger
+from infra.kafka import TopicIdentity
 from infra.metrics import Metrics
 from infra.settings import Settings
 from services.application import SafetyMonitoring
@@ -35,6 +39,10 @@ from services.application import SafetyMonitoring
 log = logging.getLogger(__name__)
 POSITION_HEADER = "toxwatch-position"
 RELAY_NAME = "relay"
+
+
+class OutputReplaced(RuntimeError):
+    """An output topic has another id than when the relay started (``Relay.run_once``)."""
 
 
 class Relay:
@@ -53,11 +61,17 @@ class Relay:
         #: While catching up after a restart: (topic, partition) -> the log positions
         #: past the store's position that partition already holds.
         self.published: dict[tuple[str, int], set[int]] = {}
+        #: Looks up an output topic's id (the relay process's Kafka admin client); None:
+        #: not checked (tests of the relay alone).
+        self.topic_ids: Callable[[str], TopicIdentity | None] | None = None
+        #: The output topics' ids when the relay started (``note_outputs``).
+        self._output_ids: dict[str, str | None] = {}
 
     def reconcile(self, bootstrap_servers: str) -> None:
         """Find what the output topics show was already published past the store's
         position: until the relay has caught up with it, each message that its
         partition already holds is skipped."""
+        self.note_outputs()
         published = published_positions(
             bootstrap_servers,
             [self.settings.safety_topic, self.settings.rejected_topic],
@@ -89,10 +103,39 @@ class Relay:
             # flush() does not raise for a record the broker refused: each send's
             # result does, and the position is then not recorded (sent again).
             future.get(timeout=self.settings.relay_send_timeout_s)
+        self._check_outputs()
         self.position = notifications[-1].id
         self.app.record_tracking(RELAY_NAME, self.position)
         self.metrics.relay_position.set(self.position)
         return len(notifications)
+
+    def note_outputs(self) -> None:
+        """Record the output topics' ids: a batch is recorded as published only while
+        they are unchanged (``_check_outputs``)."""
+        self._output_ids = self._topic_ids()
+
+    def _topic_ids(self) -> dict[str, str | None]:
+        if self.topic_ids is None:
+            return {}
+        topics = (self.settings.safety_topic, self.settings.rejected_topic)
+        return {topic: getattr(self.topic_ids(topic), "topic_id", None) for topic in topics}
+
+    def _check_outputs(self) -> None:
+        """Before a batch's position is recorded: the output topics are still the ones
+        the relay started on. A broker restarted without its data (the embedded broker
+        keeps none) forgets the idempotent producer's id and may hand it to another
+        client: sends it then answers as duplicates count as delivered, though it
+        never stored them (seen in the fault suite: every later position recorded,
+        14 events of one partition missing). Raises ``OutputReplaced``, nothing
+        recorded: the process exits, and its successor, with a new producer, publishes
+        from the recorded position what the new topics lack (``reconcile``)."""
+        now = self._topic_ids()
+        changed = sorted(t for t, topic_id in now.items() if topic_id != self._output_ids.get(t))
+        if changed:
+            raise OutputReplaced(
+                f"output topic(s) {', '.join(changed)} replaced since the relay started: "
+                f"the batch after position {self.position} is not recorded as published"
+            )
 
     def _publish(self, notifications: Sequence[Notification]) -> list[Any]:
         mapper = self.app.mapper

@@ -18,9 +18,10 @@ from kafka.errors import KafkaError
 
 from domain.contract import SafetyEvent
 from infra.channels import DeliveryFailed, KafkaChannel
+from infra.kafka import TopicIdentity
 from infra.settings import Settings
 from services.offline import in_memory_application, process_lines
-from services.relay import RELAY_NAME, Relay
+from services.relay import RELAY_NAME, OutputReplaced, Relay
 from services.simulator import CohortSpec, simulate_cohort
 
 FATAL = "KafkaError: Unexpected error in InitProducerIdResponse: [Error -1] UnknownError"
@@ -223,5 +224,33 @@ def test_a_restarted_relay_publishes_what_a_partition_lacks_below_what_it_holds(
         to_partition = [key for _, _, key in producer.sends if partition_of[key] == partition]
         assert len(to_partition) == len(in_partition) - 1
         assert relay.published == {}, "caught up"
+    finally:
+        app.close()
+
+
+def test_a_batch_sent_across_a_recreation_of_its_topic_is_not_recorded_as_published() -> None:
+    """A broker restarted without its data forgets the idempotent producer's id and may
+    hand it to another client: it then answers the relay's sends as duplicates, which
+    the producer counts as delivered, though it stored none of them (the fault suite's
+    broker restart: 14 events of one partition missing, every later position
+    recorded). The relay records a batch's position only while its output topics are
+    the ones it started on; otherwise it stops, recording nothing, for a successor
+    that reconciles with what the new topics hold."""
+    app, _ = _application_with_derived_events()
+    try:
+        settings = Settings(relay_batch=5)
+        ids = {settings.safety_topic: "safety-1", settings.rejected_topic: "rejected-1"}
+        relay = Relay(app, _PartitionedProducer(), settings)
+        relay.topic_ids = lambda topic: TopicIdentity(ids[topic], 4)
+        relay.note_outputs()
+        assert relay.run_once() > 0, "unchanged topics: the batch is published"
+        recorded = app.tracked(RELAY_NAME)
+        assert recorded
+
+        ids[settings.safety_topic] = "safety-2"  # recreated while the next batch is sent
+        with pytest.raises(OutputReplaced):
+            while relay.run_once():
+                pass
+        assert app.tracked(RELAY_NAME) == recorded, "nothing past the first batch recorded"
     finally:
         app.close()
