@@ -25,10 +25,16 @@ from typing import Any
 from uuid import UUID
 
 from eventsourcing.cryptography import AESCipher
-from eventsourcing.persistence import Cipher, StoredEvent, Tracking
+from eventsourcing.persistence import (
+    Cipher,
+    InterfaceError,
+    OperationalError,
+    StoredEvent,
+    Tracking,
+)
 from eventsourcing.postgres import PostgresProcessRecorder
 from eventsourcing.sqlite import SQLiteProcessRecorder
-from eventsourcing.utils import Environment
+from eventsourcing.utils import Environment, retry
 from psycopg import Cursor, sql
 from psycopg.rows import DictRow
 
@@ -235,6 +241,7 @@ class PostgresBatchRecorder(PostgresProcessRecorder):
             )
         super()._insert_events(curs, stored_events, **kwargs)
 
+    @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
     def event_id_senders(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], str]:
         """For each (trial, event id) already stored, the key of its first sender
         (``sender_key``)."""
@@ -253,6 +260,7 @@ class PostgresBatchRecorder(PostgresProcessRecorder):
                     found[by_hash[row["event_key"]]] = row["sender_key"]
         return found
 
+    @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
     def changes_since(self, position: int, limit: int) -> tuple[int, list[tuple[UUID, int]]]:
         """The (originator id, version) of at most ``limit`` events stored after
         notification ``position``, in order, and the position of the last one read
