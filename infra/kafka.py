@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,17 +72,26 @@ class TopicIds:
         self._admin: KafkaAdminClient | None = None
 
     def __call__(self, topic: str) -> TopicIdentity | None:
+        return self.describe([topic])[topic]
+
+    def describe(self, topics: Sequence[str]) -> dict[str, TopicIdentity | None]:
+        """Each topic's identity, in one ``DescribeTopics`` request."""
         if self._admin is None:
             self._admin = KafkaAdminClient(**self.config)
         try:
-            [description] = self._admin.describe_topics([topic])
+            descriptions = self._admin.describe_topics(list(topics))
         except Exception:
             self.close()
             raise
-        topic_id = description.get("topic_id")
-        if description.get("error_code") or not topic_id or str(topic_id) == _NO_TOPIC_ID:
-            return None
-        return TopicIdentity(str(topic_id), len(description.get("partitions") or ()))
+        found: dict[str, TopicIdentity | None] = dict.fromkeys(topics)
+        for description in descriptions:
+            topic_id = description.get("topic_id")
+            if description.get("error_code") or not topic_id or str(topic_id) == _NO_TOPIC_ID:
+                continue
+            found[description["name"]] = TopicIdentity(
+                str(topic_id), len(description.get("partitions") or ())
+            )
+        return found
 
     def close(self) -> None:
         admin, self._admin = self._admin, None

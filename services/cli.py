@@ -157,7 +157,8 @@ def relay() -> None:
         )
     producer = reliable_producer(servers)
     relay_ = Relay(build_application(settings), producer, settings, metrics)
-    relay_.topic_ids = topic_ids = TopicIds(servers)
+    topic_ids = TopicIds(servers)
+    relay_.topic_ids = topic_ids.describe
     relay_.reconcile(servers)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -22,7 +22,7 @@ import base64
 import json
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from eventsourcing.persistence import Notification
@@ -61,9 +61,10 @@ class Relay:
         #: While catching up after a restart: (topic, partition) -> the log positions
         #: past the store's position that partition already holds.
         self.published: dict[tuple[str, int], set[int]] = {}
-        #: Looks up an output topic's id (the relay process's Kafka admin client); None:
-        #: not checked (tests of the relay alone).
-        self.topic_ids: Callable[[str], TopicIdentity | None] | None = None
+        #: Looks up the output topics' ids in one request (the relay process's Kafka
+        #: admin client, ``TopicIds.describe``); None: not checked (tests of the relay
+        #: alone).
+        self.topic_ids: Callable[[Sequence[str]], Mapping[str, TopicIdentity | None]] | None = None
         #: The output topics' ids when the relay started (``note_outputs``).
         self._output_ids: dict[str, str | None] = {}
 
@@ -117,8 +118,11 @@ class Relay:
     def _topic_ids(self) -> dict[str, str | None]:
         if self.topic_ids is None:
             return {}
-        topics = (self.settings.safety_topic, self.settings.rejected_topic)
-        return {topic: getattr(self.topic_ids(topic), "topic_id", None) for topic in topics}
+        topics = [self.settings.safety_topic, self.settings.rejected_topic]
+        return {
+            topic: getattr(identity, "topic_id", None)
+            for topic, identity in self.topic_ids(topics).items()
+        }
 
     def _check_outputs(self) -> None:
         """Before a batch's position is recorded: the output topics are still the ones

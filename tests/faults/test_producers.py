@@ -241,7 +241,7 @@ def test_a_batch_sent_across_a_recreation_of_its_topic_is_not_recorded_as_publis
         settings = Settings(relay_batch=5)
         ids = {settings.safety_topic: "safety-1", settings.rejected_topic: "rejected-1"}
         relay = Relay(app, _PartitionedProducer(), settings)
-        relay.topic_ids = lambda topic: TopicIdentity(ids[topic], 4)
+        relay.topic_ids = lambda topics: {topic: TopicIdentity(ids[topic], 4) for topic in topics}
         relay.note_outputs()
         assert relay.run_once() > 0, "unchanged topics: the batch is published"
         recorded = app.tracked(RELAY_NAME)
