@@ -368,7 +368,12 @@ class SafetyMonitoring(Application[UUID]):
                 return self._current.get(aggregate_id)
         aggregate: Aggregate = self.repository.get(aggregate_id, deepcopy_from_cache=False)
         if self._current is not None:
+            # One cache holds what the ingest changes in place: the repository's
+            # keeps only what other readers of this application load.
             self._current.put(aggregate_id, aggregate)
+            if self.repository.cache is not None:
+                with contextlib.suppress(KeyError):
+                    self.repository.cache.get(aggregate_id, evict=True)
         return aggregate
 
     def _check_current(self) -> None:
@@ -414,11 +419,12 @@ class SafetyMonitoring(Application[UUID]):
         """Cache the aggregates a batch saved, as saved: eventsourcing caches only what
         it reconstructs when it fast-forwards cached aggregates, so an aggregate a batch
         created (a participant's first event, a new day's clock) would otherwise be
-        rebuilt from the store by the next batch that touches it."""
-        for cache in (self.repository.cache, self._current):
-            if cache is not None:
-                for aggregate in saved:
-                    cache.put(aggregate.id, aggregate)
+        rebuilt from the store by the next batch that touches it. The ingest's own cache
+        when it has one (``_load``), else the repository's."""
+        cache = self._current if self._current is not None else self.repository.cache
+        if cache is not None:
+            for aggregate in saved:
+                cache.put(aggregate.id, aggregate)
 
     def _forget(self, batch: _Batch) -> None:
         """Drop what a failed batch touched: cached aggregates, positions and
