@@ -517,6 +517,12 @@ class Participant(Aggregate):
             )
         self._followed = protocol
 
+    @property
+    def followed(self) -> ProtocolParameters | None:
+        """The protocol object the record last followed (``follow_protocol``): handed
+        the same object again, it applies nothing."""
+        return self._followed
+
     def record(self, event: ClinicalEvent, received_at: datetime) -> bool:
         """Record an accepted clinical event and derive what follows from it.
 

@@ -152,6 +152,12 @@ class SafetyMonitoring(Application[UUID]):
         size = int(self.env.get("AGGREGATE_CACHE_MAXSIZE") or 0)
         self._current: LRUCache[UUID, Aggregate] | None = LRUCache(size) if size else None
         self._current_to: int | None = None
+        #: Participant aggregate id -> (the protocol object it follows, its wake, its
+        #: version) as the ingest last saved or loaded it, kept with the ingest's cache
+        #: (dropped with it when another writer changes the record): a clock tick before
+        #: that wake, under that protocol, changes nothing (``Participant.record``), so
+        #: the record need not be in memory for it (``_tick_may_change``).
+        self._quiet: dict[UUID, tuple[ProtocolParameters | None, datetime | None, int]] = {}
 
     # ------------------------------------------------------------------ ingest
 
@@ -274,6 +280,7 @@ class SafetyMonitoring(Application[UUID]):
             recordings = self.save(*pending, **{TRACKINGS: trackings, EVENT_ID_CLAIMS: claims})
             self._keep(pending)
             self._passed([r.notification.id for r in recordings])
+        self._note_quiet(batch)
         outcome.commit_seconds = time.perf_counter() - started
         for (topic, partition), offset in batch.positions.items():
             self._positions[(topic, partition)] = offset + 1
@@ -334,7 +341,9 @@ class SafetyMonitoring(Application[UUID]):
             clock.tick(event.occurred_at, event.event_id)
             roster = batch.get(PartitionRoster, message.topic, message.partition)
             for trial_id, participant_id in roster.members:
-                if trial_id == event.trial_id:
+                if trial_id == event.trial_id and self._tick_may_change(
+                    batch, trial_id, participant_id, event.occurred_at
+                ):
                     participant = batch.participant(trial_id, participant_id, event.site_id)
                     participant.record(event, message.received_at)
             return True
@@ -347,6 +356,30 @@ class SafetyMonitoring(Application[UUID]):
             roster.join(event.trial_id, event.participant_id)
         participant = batch.participant(event.trial_id, event.participant_id, event.site_id)
         return participant.record(event, message.received_at)
+
+    def _tick_may_change(
+        self, batch: _Batch, trial_id: str, participant_id: str, at: datetime
+    ) -> bool:
+        """False only where the ingest knows that a clock tick at ``at`` records nothing
+        on the participant's record (``_quiet``): the record is then not loaded."""
+        aggregate_id = participant_aggregate_id(trial_id, participant_id)
+        known = self._quiet.get(aggregate_id)
+        if known is None or aggregate_id in batch.aggregates:
+            return True
+        followed, wake_at, _ = known
+        return followed is not batch.protocol(trial_id) or (wake_at is not None and at >= wake_at)
+
+    def _note_quiet(self, batch: _Batch) -> None:
+        """After a batch's commit: what a tick needs to know of each record it held."""
+        if self._current is None:
+            return  # other writers' changes are not followed: nothing is known
+        for aggregate in batch.aggregates.values():
+            if isinstance(aggregate, Participant):
+                self._quiet[aggregate.id] = (
+                    aggregate.followed,
+                    aggregate.wake_at,
+                    aggregate.version,
+                )
 
     def next_offset(self, topic: str, partition: int) -> int:
         """The first offset of a partition not yet applied, in the topic's current
@@ -389,17 +422,22 @@ class SafetyMonitoring(Application[UUID]):
         recorder: Any = self.recorder
         if self._current_to is None:
             current.clear()
+            self._quiet.clear()
             self._current_to = recorder.max_notification_id() or 0
             return
         position, changed = recorder.changes_since(self._current_to, CHANGES_READ)
         if len(changed) >= CHANGES_READ:
             current.clear()  # more than one read's worth: reload whatever is used
+            self._quiet.clear()
             position = recorder.max_notification_id() or 0
         else:
             for aggregate_id, version in changed:
                 with contextlib.suppress(KeyError):
                     if current.get(aggregate_id).version < version:
                         current.get(aggregate_id, evict=True)
+                known = self._quiet.get(aggregate_id)
+                if known is not None and known[2] < version:
+                    del self._quiet[aggregate_id]
         self._current_to = position
 
     def _passed(self, stored: Sequence[int]) -> None:

@@ -6,16 +6,18 @@ second writes must be what the first's next batch works on."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 
 from domain.protocol import CRSParameters, ProtocolParameters
 from infra.settings import Settings
-from services.application import SafetyMonitoring
+from services.application import InboundMessage, SafetyMonitoring
 from services.bootstrap import build_application
-from tests.application.test_protocol_activation import NOW, day, graded, message
+from tests.application.test_protocol_activation import NOW, TOPIC, day, graded, message
 
 TRIAL = "NCT07049081"
 
@@ -124,3 +126,40 @@ def test_a_protocol_activated_while_a_batch_is_applied_applies_from_the_batch_af
 
     assert graded(first.apply_batch(febrile_at_92_mmhg(5, on_day=2), now=NOW)) == [2]
     assert first.get_participant(TRIAL, "G79-001").parameters.version == "2"
+
+
+def tick(offset: int, at: datetime) -> InboundMessage:
+    """A trial-level ``clock.ticked`` on the participant's partition (contract §2)."""
+    value = json.dumps(
+        {
+            "schema": "toxwatch.clinical.v1",
+            "event_id": f"tick-{offset}",
+            "type": "clock.ticked",
+            "trial_id": TRIAL,
+            "site_id": "CN-001",
+            "participant_id": "-",
+            "occurred_at": at.isoformat(),
+            "data": {},
+        }
+    ).encode()
+    return InboundMessage(TOPIC, 0, offset, None, value, NOW)
+
+
+def test_a_tick_reaches_a_record_another_writer_gave_a_wake(two_writers):
+    """Reference §7: the DLT window runs from the infusion through day 28; a
+    participant who completed it without DLT closes it evaluable. The first writer
+    saw only the enrolment (no window, nothing a tick could change); another writer
+    applied the infusion. A tick on day 30 must reach the record and close its window,
+    though the first writer knew it as one no tick could change."""
+    first, second = two_writers
+    enrolled = [message(0, "participant.enrolled", day(-7, 8), disease="SLE", dose_level="DL1")]
+    assert first.apply_batch(enrolled, now=NOW).accepted == 1
+    assert first.apply_batch([tick(1, day(-6, 8))], now=NOW).accepted == 1
+    infusion = [message(2, "infusion.administered", day(0, 8), dose_level="DL1", cells_per_kg=1e6)]
+    opened = second.apply_batch(infusion, now=NOW)
+    assert [e.type for e in opened.derived if e.type.startswith("dlt.")] == ["dlt.window_opened"]
+
+    outcome = first.apply_batch([tick(3, day(30, 8))], now=NOW)
+    closed = [e.data for e in outcome.derived if e.type == "dlt.window_closed"]
+    assert len(closed) == 1
+    assert closed[0]["evaluable"] is True
