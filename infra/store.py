@@ -334,6 +334,7 @@ def eventsourcing_env(settings: Settings) -> dict[str, str]:
     """The eventsourcing environment for the configured store."""
     common = {
         "AGGREGATE_CACHE_MAXSIZE": str(settings.aggregate_cache_size),
+        "IDLE_RECORD_DAYS": str(settings.idle_record_days),
         "ORIGINATOR_ID_TYPE": "uuid",
     } | cipher_env(settings)
     if settings.store == "postgres":

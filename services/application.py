@@ -22,7 +22,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar, cast
 from uuid import UUID
 
@@ -152,12 +152,17 @@ class SafetyMonitoring(Application[UUID]):
         size = int(self.env.get("AGGREGATE_CACHE_MAXSIZE") or 0)
         self._current: LRUCache[UUID, Aggregate] | None = LRUCache(size) if size else None
         self._current_to: int | None = None
-        #: Participant aggregate id -> (the protocol object it follows, its wake, its
-        #: version) as the ingest last saved or loaded it, kept with the ingest's cache
-        #: (dropped with it when another writer changes the record): a clock tick before
-        #: that wake, under that protocol, changes nothing (``Participant.record``), so
-        #: the record need not be in memory for it (``_tick_may_change``).
-        self._quiet: dict[UUID, tuple[ProtocolParameters | None, datetime | None, int]] = {}
+        #: Participant aggregate id -> what the ingest last saved or loaded of it: the
+        #: protocol object it follows, its wake, its version and its clinical horizon;
+        #: dropped when another writer changes the record (``_check_current``). A clock
+        #: tick before that wake, under that protocol, changes nothing
+        #: (``Participant.record``), so the record need not be in memory for it
+        #: (``_tick_may_change``).
+        self._quiet: dict[UUID, _Quiet] = {}
+        #: A record no tick can change and with nothing recorded for this long of its
+        #: trial's clock leaves the ingest's memory (``_rest``): a participant out of
+        #: follow-up, or between visits. The store holds it; its next event loads it.
+        self._idle_after = timedelta(days=float(self.env.get("IDLE_RECORD_DAYS") or 7))
 
     # ------------------------------------------------------------------ ingest
 
@@ -341,11 +346,14 @@ class SafetyMonitoring(Application[UUID]):
             clock.tick(event.occurred_at, event.event_id)
             roster = batch.get(PartitionRoster, message.topic, message.partition)
             for trial_id, participant_id in roster.members:
-                if trial_id == event.trial_id and self._tick_may_change(
-                    batch, trial_id, participant_id, event.occurred_at
-                ):
+                if trial_id != event.trial_id:
+                    continue
+                aggregate_id = participant_aggregate_id(trial_id, participant_id)
+                if self._tick_may_change(batch, aggregate_id, trial_id, event.occurred_at):
                     participant = batch.participant(trial_id, participant_id, event.site_id)
                     participant.record(event, message.received_at)
+                else:
+                    self._rest(aggregate_id, event.occurred_at)
             return True
         if not batch.claim(event):
             return False  # another participant's (or the trial's) event id: ignored
@@ -358,16 +366,26 @@ class SafetyMonitoring(Application[UUID]):
         return participant.record(event, message.received_at)
 
     def _tick_may_change(
-        self, batch: _Batch, trial_id: str, participant_id: str, at: datetime
+        self, batch: _Batch, aggregate_id: UUID, trial_id: str, at: datetime
     ) -> bool:
         """False only where the ingest knows that a clock tick at ``at`` records nothing
         on the participant's record (``_quiet``): the record is then not loaded."""
-        aggregate_id = participant_aggregate_id(trial_id, participant_id)
         known = self._quiet.get(aggregate_id)
         if known is None or aggregate_id in batch.aggregates:
             return True
-        followed, wake_at, _ = known
-        return followed is not batch.protocol(trial_id) or (wake_at is not None and at >= wake_at)
+        return known.followed is not batch.protocol(trial_id) or (
+            known.wake_at is not None and at >= known.wake_at
+        )
+
+    def _rest(self, aggregate_id: UUID, at: datetime) -> None:
+        """Let a record a tick at ``at`` cannot change out of memory once nothing has
+        been recorded on it for ``_idle_after`` of its trial's clock."""
+        known = self._quiet[aggregate_id]
+        if self._current is not None and (
+            known.horizon is None or known.horizon <= at - self._idle_after
+        ):
+            with contextlib.suppress(KeyError):
+                self._current.get(aggregate_id, evict=True)
 
     def _note_quiet(self, batch: _Batch) -> None:
         """After a batch's commit: what a tick needs to know of each record it held."""
@@ -375,10 +393,8 @@ class SafetyMonitoring(Application[UUID]):
             return  # other writers' changes are not followed: nothing is known
         for aggregate in batch.aggregates.values():
             if isinstance(aggregate, Participant):
-                self._quiet[aggregate.id] = (
-                    aggregate.followed,
-                    aggregate.wake_at,
-                    aggregate.version,
+                self._quiet[aggregate.id] = _Quiet(
+                    aggregate.followed, aggregate.wake_at, aggregate.version, aggregate.horizon
                 )
 
     def next_offset(self, topic: str, partition: int) -> int:
@@ -436,7 +452,7 @@ class SafetyMonitoring(Application[UUID]):
                     if current.get(aggregate_id).version < version:
                         current.get(aggregate_id, evict=True)
                 known = self._quiet.get(aggregate_id)
-                if known is not None and known[2] < version:
+                if known is not None and known.version < version:
                     del self._quiet[aggregate_id]
         self._current_to = position
 
@@ -724,6 +740,16 @@ class SafetyMonitoring(Application[UUID]):
 
     def record_tracking(self, name: str, position: int) -> None:
         self.recorder.insert_tracking(Tracking(name, position))  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True, slots=True)
+class _Quiet:
+    """What a clock tick needs to know of a participant's record (``_quiet``)."""
+
+    followed: ProtocolParameters | None
+    wake_at: datetime | None
+    version: int
+    horizon: datetime | None
 
 
 class _PoisonMessage(Exception):

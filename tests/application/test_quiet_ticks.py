@@ -16,11 +16,13 @@ import io
 import json
 import uuid
 from collections import Counter
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import pytest
 
+from domain.participant import participant_aggregate_id
 from services.application import SafetyMonitoring
 from services.offline import process_lines
 from services.simulator import CohortSpec, simulate_cohort
@@ -39,9 +41,18 @@ def application(cache_size: int | None) -> SafetyMonitoring:
     return SafetyMonitoring(env)
 
 
-def run(spec: CohortSpec, cache_size: int | None) -> tuple[list[dict[str, Any]], Counter[str]]:
-    """The published events (without their recording time) and the stored events by
-    topic and aggregate version, of the cohort applied in batches of 50."""
+@dataclass
+class Run:
+    #: The published events, without their recording time.
+    published: list[dict[str, Any]]
+    #: The stored events by topic, aggregate and version.
+    stored: Counter[str]
+    #: Participants whose records the ingest holds in memory at the end.
+    in_memory: int
+
+
+def run(spec: CohortSpec, cache_size: int | None) -> Run:
+    """The cohort applied in batches of 50."""
     app = application(cache_size)
     try:
         out = io.StringIO()
@@ -54,7 +65,12 @@ def run(spec: CohortSpec, cache_size: int | None) -> tuple[list[dict[str, Any]],
             f"{n.topic} {n.originator_id} v{n.originator_version}"
             for n in app.recorder.select_notifications(start=1, limit=10_000_000)
         )
-        return published, stored
+        cached = app._current.cache if app._current is not None else {}
+        in_memory = sum(
+            participant_aggregate_id(spec.trial_id, f"G79-{n:03d}") in cached
+            for n in range(1, spec.participants + 1)
+        )
+        return Run(published, stored, in_memory)
     finally:
         app.close()
 
@@ -81,28 +97,48 @@ def skipped(monkeypatch: pytest.MonkeyPatch) -> Counter[bool]:
     return decisions
 
 
-@pytest.mark.parametrize(
-    "spec",
-    [
-        CohortSpec(seed=7, participants=8, follow_up_days=30, dlt_heavy_dose="DL2"),
-        CohortSpec(seed=79, participants=8, follow_up_days=30, dlt_heavy_dose="DL3"),
-    ],
-    ids=["seed7-DL2", "seed79-DL3"],
-)
-def test_ticks_load_only_the_records_they_may_change(
-    spec: CohortSpec, skipped: Counter[bool]
-) -> None:
-    small_published, small_stored = run(spec, cache_size=3)
-    assert skipped[False] > 0, "some ticks found records with nothing due"
-    assert skipped[True] > 0, "some ticks reached a record's wake"
-    reference_published, reference_stored = run(spec, cache_size=None)
+COHORTS = [
+    CohortSpec(seed=7, participants=8, follow_up_days=30, dlt_heavy_dose="DL2"),
+    CohortSpec(seed=79, participants=8, follow_up_days=30, dlt_heavy_dose="DL3"),
+]
 
+
+@pytest.fixture(scope="module", params=COHORTS, ids=["seed7-DL2", "seed79-DL3"])
+def reference(request: pytest.FixtureRequest) -> tuple[CohortSpec, Run]:
+    """The cohort applied with no cache: every record is loaded from the store for
+    every tick, and nothing is known of it between batches."""
+    spec: CohortSpec = request.param
+    applied = run(spec, cache_size=None)
     # The cohort's time-driven outcomes, which only ticks at a wake produce.
-    types = Counter(str(event["type"]) for event in reference_published)
+    types = Counter(str(event["type"]) for event in applied.published)
     assert types["dlt.window_closed"] >= 3
     assert types["dlt.confirmed"] + types["dlt.ruled_out"] >= 1
+    return spec, applied
+
+
+def test_ticks_load_only_the_records_they_may_change(
+    reference: tuple[CohortSpec, Run], skipped: Counter[bool]
+) -> None:
+    """A cache of 3 records for 8 participants: records leave memory and come back."""
+    spec, expected = reference
+    small = run(spec, cache_size=3)
+    assert skipped[False] > 0, "some ticks found records with nothing due"
+    assert skipped[True] > 0, "some ticks reached a record's wake"
     # One commit stores its records' events record by record, in the order the batch
     # first loaded them, which the ticks no longer decide: each record's own sequence
     # (what the relay keeps in order, by participant key) is what must not change.
-    assert by_participant(small_published) == by_participant(reference_published)
-    assert small_stored == reference_stored
+    assert by_participant(small.published) == by_participant(expected.published)
+    assert small.stored == expected.stored
+
+
+def test_records_out_of_follow_up_leave_memory_and_change_nothing(
+    reference: tuple[CohortSpec, Run],
+) -> None:
+    """A cache for every record: the participants whose 30-day follow-up ended more
+    than a week of the trial's clock before the last tick, with no time rule pending,
+    are no longer in memory; what is stored and published is unchanged."""
+    spec, expected = reference
+    large = run(spec, cache_size=100_000)
+    assert 0 < large.in_memory < spec.participants
+    assert by_participant(large.published) == by_participant(expected.published)
+    assert large.stored == expected.stored
