@@ -49,7 +49,7 @@ class Settings(BaseSettings):
     max_message_bytes: int = 256 * 1024
     future_skew_seconds: float = 300.0
     aggregate_cache_size: int = 10_000
-    idle_record_days: float = Field(7.0, gt=0)
+    idle_record_days: float = Field(14.0, gt=0)
     relay_batch: int = 500
     relay_poll_seconds: float = 0.2
     relay_send_timeout_s: float = 30.0

@@ -162,7 +162,10 @@ class SafetyMonitoring(Application[UUID]):
         #: A record no tick can change and with nothing recorded for this long of its
         #: trial's clock leaves the ingest's memory (``_rest``): a participant out of
         #: follow-up, or between visits. The store holds it; its next event loads it.
-        self._idle_after = timedelta(days=float(self.env.get("IDLE_RECORD_DAYS") or 7))
+        self._idle_after = timedelta(days=float(self.env.get("IDLE_RECORD_DAYS") or 14))
+        #: (trial, topic, partition) -> the latest day whose clock the ingest keeps, and
+        #: that clock's id (``_after_commit``).
+        self._clock_days: dict[tuple[str, str, int], tuple[str, UUID]] = {}
 
     # ------------------------------------------------------------------ ingest
 
@@ -285,7 +288,7 @@ class SafetyMonitoring(Application[UUID]):
             recordings = self.save(*pending, **{TRACKINGS: trackings, EVENT_ID_CLAIMS: claims})
             self._keep(pending)
             self._passed([r.notification.id for r in recordings])
-        self._note_quiet(batch)
+        self._after_commit(batch)
         outcome.commit_seconds = time.perf_counter() - started
         for (topic, partition), offset in batch.positions.items():
             self._positions[(topic, partition)] = offset + 1
@@ -341,6 +344,9 @@ class SafetyMonitoring(Application[UUID]):
         if event.type == "clock.ticked":
             day = event.occurred_at.astimezone(UTC).date().isoformat()
             clock = batch.get(TrialClock, event.trial_id, message.topic, message.partition, day)
+            batch.clock_days.setdefault((event.trial_id, message.topic, message.partition), {})[
+                day
+            ] = clock.id
             if clock.has_seen(event.event_id):
                 return False  # a repeated tick, whatever time it carries
             clock.tick(event.occurred_at, event.event_id)
@@ -387,10 +393,23 @@ class SafetyMonitoring(Application[UUID]):
             with contextlib.suppress(KeyError):
                 self._current.get(aggregate_id, evict=True)
 
-    def _note_quiet(self, batch: _Batch) -> None:
-        """After a batch's commit: what a tick needs to know of each record it held."""
-        if self._current is None:
+    def _after_commit(self, batch: _Batch) -> None:
+        """After a batch's commit: what a tick needs to know of each record it held,
+        and the clocks of past days out of memory (a day's clock serves that day's
+        ticks; a late tick of an earlier day reads its clock from the store)."""
+        current = self._current
+        if current is None:
             return  # other writers' changes are not followed: nothing is known
+        for key, days in batch.clock_days.items():
+            latest = self._clock_days.get(key)
+            if latest is not None:
+                days = {latest[0]: latest[1], **days}
+            today = max(days)
+            self._clock_days[key] = (today, days[today])
+            for day, clock_id in days.items():
+                if day != today:
+                    with contextlib.suppress(KeyError):
+                        current.get(clock_id, evict=True)
         for aggregate in batch.aggregates.values():
             if isinstance(aggregate, Participant):
                 self._quiet[aggregate.id] = _Quiet(
@@ -770,6 +789,8 @@ class _Batch:
         #: (trial, event id) -> ``sender_key`` of who sent it first (stored or here).
         self.senders: dict[tuple[str, str], str] = {}
         self.claims: dict[tuple[str, str], str] = {}
+        #: (trial, topic, partition) -> day -> the id of the clock this batch ticked.
+        self.clock_days: dict[tuple[str, str, int], dict[str, UUID]] = {}
 
     def claim(self, event: ClinicalEvent) -> bool:
         """Whether ``event``'s id is its participant's (contract §1: a repeated

@@ -7,8 +7,9 @@ may change: a record out of memory (evicted from a small cache, finished its
 follow-up) stays out.
 
 Each test applies the same simulated cohort, hourly ticks included, with a cache too
-small for the cohort and with no cache at all (every record loaded from the store for
-every tick, nothing known between batches): both must store and publish the same."""
+small for the cohort, with one large enough for every record (records leave it as
+they fall idle) and with no cache at all (every record loaded from the store for
+every tick, nothing known between batches): all must store and publish the same."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from typing import Any
 import pytest
 
 from domain.participant import participant_aggregate_id
+from domain.records import TrialClock
 from services.application import SafetyMonitoring
 from services.offline import process_lines
 from services.simulator import CohortSpec, simulate_cohort
@@ -49,6 +51,8 @@ class Run:
     stored: Counter[str]
     #: Participants whose records the ingest holds in memory at the end.
     in_memory: int
+    #: Days whose clock the ingest holds in memory at the end.
+    clocks_in_memory: int
 
 
 def run(spec: CohortSpec, cache_size: int | None) -> Run:
@@ -70,7 +74,8 @@ def run(spec: CohortSpec, cache_size: int | None) -> Run:
             participant_aggregate_id(spec.trial_id, f"G79-{n:03d}") in cached
             for n in range(1, spec.participants + 1)
         )
-        return Run(published, stored, in_memory)
+        clocks = sum(isinstance(link[3], TrialClock) for link in cached.values())
+        return Run(published, stored, in_memory, clocks)
     finally:
         app.close()
 
@@ -135,10 +140,12 @@ def test_records_out_of_follow_up_leave_memory_and_change_nothing(
     reference: tuple[CohortSpec, Run],
 ) -> None:
     """A cache for every record: the participants whose 30-day follow-up ended more
-    than a week of the trial's clock before the last tick, with no time rule pending,
-    are no longer in memory; what is stored and published is unchanged."""
+    than two weeks of the trial's clock before the last tick, with no time rule
+    pending, are no longer in memory, nor the clocks of past days; what is stored and
+    published is unchanged."""
     spec, expected = reference
     large = run(spec, cache_size=100_000)
     assert 0 < large.in_memory < spec.participants
+    assert large.clocks_in_memory == 1  # one trial on one partition: today's
     assert by_participant(large.published) == by_participant(expected.published)
     assert large.stored == expected.stored
