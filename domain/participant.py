@@ -111,7 +111,6 @@ S = TypeVar("S", bound=Sweep)
 
 
 @lru_cache(maxsize=65536)
-@lru_cache(maxsize=65536)
 def participant_aggregate_id(trial_id: str, participant_id: str) -> UUID:
     """Deterministic aggregate id of a participant record."""
     return uuid5(NAMESPACE, f"participant/{trial_id}/{participant_id}")
