@@ -6,7 +6,6 @@ second writes must be what the first's next batch works on."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -17,6 +16,7 @@ from domain.protocol import CRSParameters, ProtocolParameters
 from infra.settings import Settings
 from services.application import InboundMessage, SafetyMonitoring
 from services.bootstrap import build_application
+from tests.application.test_alert_desk import tick as trial_tick
 from tests.application.test_protocol_activation import NOW, TOPIC, day, graded, message
 
 TRIAL = "NCT07049081"
@@ -130,19 +130,7 @@ def test_a_protocol_activated_while_a_batch_is_applied_applies_from_the_batch_af
 
 def tick(offset: int, at: datetime) -> InboundMessage:
     """A trial-level ``clock.ticked`` on the participant's partition (contract §2)."""
-    value = json.dumps(
-        {
-            "schema": "toxwatch.clinical.v1",
-            "event_id": f"tick-{offset}",
-            "type": "clock.ticked",
-            "trial_id": TRIAL,
-            "site_id": "CN-001",
-            "participant_id": "-",
-            "occurred_at": at.isoformat(),
-            "data": {},
-        }
-    ).encode()
-    return InboundMessage(TOPIC, 0, offset, None, value, NOW)
+    return InboundMessage(TOPIC, 0, offset, None, trial_tick(at), NOW)
 
 
 def test_a_tick_reaches_a_record_another_writer_gave_a_wake(two_writers):
