@@ -297,6 +297,31 @@ def rss_bytes(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for process {pid}")
 
 
+CPUReading = tuple[float, float]
+
+
+def cpu_seconds() -> CPUReading | None:
+    """The whole machine's CPU time so far, summed over its CPUs, from Linux's
+    ``/proc/stat``: (busy, all), in clock ticks; None where it cannot be read. Busy is
+    all less idle and I/O wait."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()
+    except OSError:
+        return None
+    if fields[0] != "cpu":
+        return None
+    ticks = [float(v) for v in fields[1:9]]  # user … steal; guest time is within user
+    return sum(ticks) - ticks[3] - ticks[4], sum(ticks)
+
+
+def busy_cpus(before: CPUReading | None, after: CPUReading | None) -> float | None:
+    """How many of the machine's CPUs were busy, on average, between two
+    ``cpu_seconds`` readings."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return (after[0] - before[0]) / (after[1] - before[1]) * (os.cpu_count() or 1)
+
+
 def machine() -> dict[str, Any]:
     load1, load5, load15 = os.getloadavg()
     return {

@@ -10,7 +10,11 @@ message applied, so the group's joining and rebalancing count; the same from the
 moment the group settled (every member joined, no change for ``SETTLE_S``) is
 reported beside it. Target (issue 9): three workers ≥ 2 × one, where the store is
 PostgreSQL. The machine's CPU count bounds what three processes can gain: it is
-reported with the result.
+reported with the result, and so is how many CPUs the whole machine kept busy during
+each pass (``/proc/stat``; one worker already keeps more than one busy: faust's event
+loop, the thread that applies batches, PostgreSQL, the broker). Throughput can grow
+at most as the busy CPUs can: on two CPUs, three workers gain at most 2 / (the CPUs
+one worker keeps busy).
 """
 
 from __future__ import annotations
@@ -36,7 +40,9 @@ from services.bench_harness import (
     Mix,
     Programme,
     applied,
+    busy_cpus,
     check_alive,
+    cpu_seconds,
     pipeline_env,
     produce,
     programme_messages,
@@ -64,6 +70,9 @@ class ScalingResult:
     cpu_count: int | None
     one_worker_settled_events_per_s: float | None = None
     many_workers_settled_events_per_s: float | None = None
+    #: The machine's CPUs busy during each pass (medians; None where unknown).
+    one_worker_busy_cpus: float | None = None
+    many_workers_busy_cpus: float | None = None
     one_worker_runs: list[Pass] = field(default_factory=list)
     many_workers_runs: list[Pass] = field(default_factory=list)
 
@@ -128,6 +137,9 @@ class Pass:
     from_first_commit: float
     from_settled: float | None
     settled_after_s: float | None
+    #: The machine's CPUs busy, on average, from the first commit to the last message
+    #: applied (workers, PostgreSQL, broker and this process alike).
+    busy_cpus: float | None = None
 
 
 def _pass(
@@ -150,13 +162,14 @@ def _pass(
             with running(["worker"] * workers, env) as children:
                 started = time.perf_counter()
                 first: tuple[float, int] | None = None
+                cpu_at_first: tuple[float, float] | None = None
                 settled: tuple[float, int] | None = None
                 next_look = started
                 while True:
                     check_alive(children)
                     done, now = applied(app, topic, PARTITIONS), time.perf_counter()
                     if first is None and done > 0:
-                        first = (now, done)
+                        first, cpu_at_first = (now, done), cpu_seconds()
                     if settled is None and now >= next_look:
                         next_look = now + 0.5
                         if watch.settled():
@@ -168,6 +181,7 @@ def _pass(
                     time.sleep(0.05)
                 if first is None:
                     raise RuntimeError("no batch committed")
+                busy = busy_cpus(cpu_at_first, cpu_seconds())
                 useful = settled is not None and settled[1] < 0.8 * expected
                 return (
                     Pass(
@@ -176,6 +190,7 @@ def _pass(
                         if useful and settled
                         else None,
                         settled_after_s=settled[0] - started if settled else None,
+                        busy_cpus=busy,
                     ),
                     expected,
                 )
@@ -221,6 +236,8 @@ def run_scaling_bench(
         cpu_count=os.cpu_count(),
         one_worker_settled_events_per_s=_median([p.from_settled for p in one]),
         many_workers_settled_events_per_s=_median([p.from_settled for p in many]),
+        one_worker_busy_cpus=_median([p.busy_cpus for p in one]),
+        many_workers_busy_cpus=_median([p.busy_cpus for p in many]),
         one_worker_runs=one,
         many_workers_runs=many,
     )
@@ -256,5 +273,12 @@ def scaling_table(result: ScalingResult, runs: int) -> Table:
         figure(result.one_worker_settled_events_per_s),
         figure(result.many_workers_settled_events_per_s),
         "-" if result.settled_ratio is None else f"{result.settled_ratio:.2f}",
+    )
+    one, many = result.one_worker_busy_cpus, result.many_workers_busy_cpus
+    table.add_row(
+        f"CPUs busy (of {result.cpu_count})",
+        "-" if one is None else f"{one:.2f}",
+        "-" if many is None else f"{many:.2f}",
+        "-" if not one or many is None else f"{many / one:.2f}",
     )
     return table

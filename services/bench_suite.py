@@ -278,10 +278,19 @@ def _scaling_target(result: Any) -> Target:
         met=result.ratio >= 2.0,
         scale=f"{result.messages:,} messages, {result.cpu_count} CPUs on this machine",
         at_issue_scale=True,
-        note=(
-            f"from the group settled: ratio {result.settled_ratio:.2f}"
-            if result.settled_ratio is not None
-            else ""
+        note="; ".join(
+            part
+            for part in (
+                f"from the group settled: ratio {result.settled_ratio:.2f}"
+                if result.settled_ratio is not None
+                else "",
+                f"CPUs busy: {result.one_worker_busy_cpus:.2f} with 1 worker, "
+                f"{result.many_workers_busy_cpus:.2f} with {result.workers}"
+                if result.one_worker_busy_cpus is not None
+                and result.many_workers_busy_cpus is not None
+                else "",
+            )
+            if part
         ),
     )
 
