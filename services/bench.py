@@ -48,7 +48,9 @@ from services.bench_harness import (
     Mix,
     Programme,
     applied,
+    busy_cpus,
     check_alive,
+    cpu_seconds,
     first_change,
     pipeline_env,
     produce,
@@ -75,13 +77,42 @@ class BenchResult:
     full_path_events_per_s: float
     baseline_runs: list[float] = field(default_factory=list)
     full_path_runs: list[float] = field(default_factory=list)
+    #: The machine's CPUs busy, on average, during each run's measured span
+    #: (``bench_harness.busy_cpus``; None where unknown).
+    baseline_busy_cpus: list[float | None] = field(default_factory=list)
+    full_path_busy_cpus: list[float | None] = field(default_factory=list)
+
+    def cpu_per_message_ratio(self) -> float | None:
+        """The machine's CPU time per message of the full path over the bare loop's
+        (medians of the runs): how much more work, not waiting, each message costs."""
+
+        def per_message(rates: list[float], busy: list[float | None]) -> float | None:
+            costs = [b / r for r, b in zip(rates, busy, strict=True) if b is not None]
+            return statistics.median(costs) if costs and len(costs) == len(rates) else None
+
+        base = per_message(self.baseline_runs, self.baseline_busy_cpus)
+        full = per_message(self.full_path_runs, self.full_path_busy_cpus)
+        return full / base if base and full else None
 
     @property
     def ratio(self) -> float:
         return self.full_path_events_per_s / self.baseline_events_per_s
 
+    def ceiling(self) -> float | None:
+        """The ratio the full path would reach with every CPU of the machine busy at
+        its CPU time per message, next to the bare loop as measured: what the machine
+        allows, however the work were spread over processes."""
+        cpu_ratio, busy = self.cpu_per_message_ratio(), _median(self.baseline_busy_cpus)
+        if cpu_ratio is None or not busy:
+            return None
+        return (os.cpu_count() or 1) / busy / cpu_ratio
+
     def to_json(self) -> dict[str, Any]:
-        return asdict(self) | {"ratio": self.ratio}
+        return asdict(self) | {
+            "ratio": self.ratio,
+            "cpu_per_message_ratio": self.cpu_per_message_ratio(),
+            "ceiling": self.ceiling(),
+        }
 
 
 @dataclass
@@ -118,7 +149,13 @@ class IngestReport:
         return next((r.full_path_events_per_s for r in self.results if r.store == store), None)
 
 
-def _baseline(servers: str, topic: str, expected: int) -> float:
+def _median(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known else None
+
+
+def _baseline(servers: str, topic: str, expected: int) -> tuple[float, float | None]:
+    """Events/s of the bare loop, and the machine's CPUs busy meanwhile."""
     consumer = KafkaConsumer(
         bootstrap_servers=servers, enable_auto_commit=False, auto_offset_reset="earliest"
     )
@@ -126,15 +163,15 @@ def _baseline(servers: str, topic: str, expected: int) -> float:
     consumer.assign(tps)
     consumer.seek_to_beginning(*tps)
     seen = 0
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), cpu_seconds()
     while seen < expected:
         for records in consumer.poll(timeout_ms=500, max_records=5000).values():
             for record in records:
                 json.loads(record.value)
                 seen += 1
-    elapsed = time.perf_counter() - started
+    elapsed, busy = time.perf_counter() - started, busy_cpus(cpu, cpu_seconds())
     consumer.close()
-    return seen / elapsed
+    return seen / elapsed, busy
 
 
 def _faust_only(servers: str, topic: str, expected: int, workdir: Path) -> float:
@@ -165,21 +202,25 @@ def _faust_only(servers: str, topic: str, expected: int, workdir: Path) -> float
     return float(result["messages"]) / float(result["seconds"])
 
 
-def _full_path(servers: str, topic: str, expected: int, kind: str, workdir: Path) -> float:
+def _full_path(
+    servers: str, topic: str, expected: int, kind: str, workdir: Path
+) -> tuple[float, float | None]:
+    """Events/s of the worker and relay, and the machine's CPUs busy meanwhile."""
     with BenchStore(kind, workdir) as store:
         app = store.open()  # creates the tables before the children start
         env = pipeline_env(servers, topic, PARTITIONS, store)
         try:
             with running(("worker", "relay"), env) as children:
                 at_first = first_change(app, topic, PARTITIONS, timeout=120)
-                first = time.perf_counter()
+                first, cpu = time.perf_counter(), cpu_seconds()
 
                 def done() -> bool:
                     check_alive(children)
                     return applied(app, topic, PARTITIONS) >= expected and _relayed(app)
 
                 finished = wait_for(done, timeout=3600, interval=0.05)
-                return (expected - at_first) / (finished - first)
+                busy = busy_cpus(cpu, cpu_seconds())
+                return (expected - at_first) / (finished - first), busy
         finally:
             app.close()
 
@@ -217,12 +258,19 @@ def measure_ingest(
         console.print(f"bare faust consume run {run + 1}/{runs}: {faust[-1]:,.0f}/s")
     for kind in stores:
         baselines, full = [], []
+        baseline_busy: list[float | None] = []
+        full_busy: list[float | None] = []
         for run in range(runs):
-            baselines.append(_baseline(servers, topic, produced))
-            full.append(_full_path(servers, topic, produced, kind, workdir))
+            rate, busy = _baseline(servers, topic, produced)
+            baselines.append(rate)
+            baseline_busy.append(busy)
+            rate, busy = _full_path(servers, topic, produced, kind, workdir)
+            full.append(rate)
+            full_busy.append(busy)
             console.print(
-                f"ingest {kind} run {run + 1}/{runs}: baseline {baselines[-1]:,.0f}/s, "
-                f"full path {full[-1]:,.0f}/s"
+                f"ingest {kind} run {run + 1}/{runs}: baseline {baselines[-1]:,.0f}/s "
+                f"({_cpus(baseline_busy[-1])} CPUs busy), full path {full[-1]:,.0f}/s "
+                f"({_cpus(full_busy[-1])} CPUs busy)"
             )
         results.append(
             BenchResult(
@@ -232,9 +280,15 @@ def measure_ingest(
                 statistics.median(full),
                 baselines,
                 full,
+                baseline_busy,
+                full_busy,
             )
         )
     return results, produced, faust
+
+
+def _cpus(busy: float | None) -> str:
+    return "?" if busy is None else f"{busy:.2f}"
 
 
 def ingest_table(report: IngestReport) -> Table:
@@ -248,15 +302,24 @@ def ingest_table(report: IngestReport) -> Table:
             f"median of {report.runs}"
         )
     )
-    for column in ("store", "messages", "baseline ev/s", "full path ev/s", "ratio"):
+    columns = (
+        "store", "messages", "baseline ev/s", "full path ev/s", "ratio",
+        "CPUs busy: baseline / full path",
+        "CPU per message: full / baseline (ratio with every CPU busy)",
+    )  # fmt: skip
+    for column in columns:
         table.add_column(column, justify="right")
     for r in report.results:
+        base_busy, full_busy = _median(r.baseline_busy_cpus), _median(r.full_path_busy_cpus)
+        cpu_ratio, ceiling = r.cpu_per_message_ratio(), r.ceiling()
         table.add_row(
             r.store,
             f"{r.messages:,}",
             f"{r.baseline_events_per_s:,.0f}",
             f"{r.full_path_events_per_s:,.0f}",
             f"{r.ratio:.3f}",
+            f"{_cpus(base_busy)} / {_cpus(full_busy)}",
+            "?" if cpu_ratio is None or ceiling is None else f"{cpu_ratio:.2f} (≤ {ceiling:.2f})",
         )
     return table
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 import traceback
 from collections.abc import Callable
@@ -187,10 +188,22 @@ def _ingest_targets(report: Any, options: SuiteOptions) -> list[Target]:
                 met=r.ratio >= 0.5,
                 scale=scale,
                 at_issue_scale=mix.participants >= ISSUE_PARTICIPANTS,
-                note=_faust_note(report),
+                note="; ".join(n for n in (_faust_note(report), _cpu_note(r)) if n),
             )
         )
     return targets
+
+
+def _cpu_note(result: Any) -> str:
+    """The full path's CPU work per message next to the bare loop's, and the ratio it
+    would reach with every CPU of the machine busy (``BenchResult.ceiling``)."""
+    ratio, ceiling = result.cpu_per_message_ratio(), result.ceiling()
+    if ratio is None or ceiling is None:
+        return ""
+    return (
+        f"CPU time per message (whole machine): full path {ratio:.1f} × the bare loop's, "
+        f"so at most ratio {ceiling:.2f} with all {os.cpu_count()} CPUs busy"
+    )
 
 
 def _faust_note(report: Any) -> str:

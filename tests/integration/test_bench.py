@@ -63,6 +63,14 @@ def test_bench_all_quick_writes_every_target_with_its_baseline_and_verdict(
     assert len(report["machine_before"]["load_average"]) == 3
     assert report["commit"]
     assert {"ingest", "alerts", "replay", "scaling", "memory"} <= set(report["details"])
+    # How many of the machine's CPUs each pass kept busy (what bounds a ratio).
+    for result in report["details"]["ingest"]["results"]:
+        busy = result["baseline_busy_cpus"] + result["full_path_busy_cpus"]
+        assert busy and all(_measured(b) for b in busy), result
+        assert _measured(result["cpu_per_message_ratio"]), result
+    scaling = report["details"]["scaling"]["result"]
+    assert _measured(scaling["one_worker_busy_cpus"]), scaling
+    assert _measured(scaling["many_workers_busy_cpus"]), scaling
     # The 80 % point is 80 % of the maximum of the alert bench's own load, measured.
     alerts = report["details"]["alerts"]
     assert _measured(alerts["sustained_max_events_per_s"]), alerts
