@@ -37,6 +37,8 @@ class PartitionRoster(Aggregate):
         self.partition = partition
         self.members: list[tuple[str, str]] = []
         self.member_set: set[tuple[str, str]] = set()
+        #: Each trial's participants, in the order they joined: a tick is a trial's.
+        self.by_trial: dict[str, list[str]] = {}
 
     @staticmethod
     def create_id(topic: str, partition: int) -> UUID:
@@ -46,6 +48,7 @@ class PartitionRoster(Aggregate):
     def join(self, trial_id: str, participant_id: str) -> None:
         self.members.append((trial_id, participant_id))
         self.member_set.add((trial_id, participant_id))
+        self.by_trial.setdefault(trial_id, []).append(participant_id)
 
 
 class IngestLedger(Aggregate):

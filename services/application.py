@@ -351,15 +351,14 @@ class SafetyMonitoring(Application[UUID]):
                 return False  # a repeated tick, whatever time it carries
             clock.tick(event.occurred_at, event.event_id)
             roster = batch.get(PartitionRoster, message.topic, message.partition)
-            for trial_id, participant_id in roster.members:
-                if trial_id != event.trial_id:
-                    continue
+            trial_id, idle_before = event.trial_id, event.occurred_at - self._idle_after
+            for participant_id in roster.by_trial.get(trial_id, ()):
                 aggregate_id = participant_aggregate_id(trial_id, participant_id)
                 if self._tick_may_change(batch, aggregate_id, trial_id, event.occurred_at):
                     participant = batch.participant(trial_id, participant_id, event.site_id)
                     participant.record(event, message.received_at)
                 else:
-                    self._rest(aggregate_id, event.occurred_at)
+                    self._rest(aggregate_id, idle_before)
             return True
         if not batch.claim(event):
             return False  # another participant's (or the trial's) event id: ignored
@@ -383,15 +382,16 @@ class SafetyMonitoring(Application[UUID]):
             known.wake_at is not None and at >= known.wake_at
         )
 
-    def _rest(self, aggregate_id: UUID, at: datetime) -> None:
-        """Let a record a tick at ``at`` cannot change out of memory once nothing has
-        been recorded on it for ``_idle_after`` of its trial's clock."""
+    def _rest(self, aggregate_id: UUID, idle_before: datetime) -> None:
+        """Let a record a tick cannot change out of memory once nothing has been
+        recorded on it since ``idle_before`` (the tick's time less ``_idle_after``) of
+        its trial's clock."""
+        current = self._current
+        if current is None or aggregate_id not in current.cache:
+            return  # out of memory already
         known = self._quiet[aggregate_id]
-        if self._current is not None and (
-            known.horizon is None or known.horizon <= at - self._idle_after
-        ):
-            with contextlib.suppress(KeyError):
-                self._current.get(aggregate_id, evict=True)
+        if known.horizon is None or known.horizon <= idle_before:
+            current.get(aggregate_id, evict=True)
 
     def _after_commit(self, batch: _Batch) -> None:
         """After a batch's commit: what a tick needs to know of each record it held,
