@@ -231,6 +231,7 @@ class SafetyMonitoring(Application[UUID]):
             for result in validated.values()
             if not isinstance(result, RejectionError) and result.type != "clock.ticked"
         )
+        batch.absent = self._absent(validated)
         for message in messages:
             if message.offset < self.next_offset(message.topic, message.partition):
                 outcome.already_applied += 1
@@ -342,7 +343,7 @@ class SafetyMonitoring(Application[UUID]):
 
     def _apply_event(self, batch: _Batch, message: InboundMessage, event: ClinicalEvent) -> bool:
         if event.type == "clock.ticked":
-            day = event.occurred_at.astimezone(UTC).date().isoformat()
+            day = _clock_day(event)
             clock = batch.get(TrialClock, event.trial_id, message.topic, message.partition, day)
             batch.clock_days.setdefault((event.trial_id, message.topic, message.partition), {})[
                 day
@@ -369,6 +370,29 @@ class SafetyMonitoring(Application[UUID]):
             roster.join(event.trial_id, event.participant_id)
         participant = batch.participant(event.trial_id, event.participant_id, event.site_id)
         return participant.record(event, message.received_at)
+
+    def _absent(
+        self, validated: Mapping[tuple[str, int, int], ClinicalEvent | RejectionError]
+    ) -> set[UUID]:
+        """Of the records a batch's events would load that the ingest does not hold,
+        those the store lacks (a new day's clock, a new participant, a trial with no
+        protocol activated), found in one read for the batch: the batch creates them
+        without a read each. Another writer creating one meanwhile makes the commit
+        conflict, as when each was read alone."""
+        held = self._current.cache if self._current is not None else {}
+        wanted: set[UUID] = set()
+        for (topic, partition, _), event in validated.items():
+            if isinstance(event, RejectionError):
+                continue
+            wanted.add(TrialLog.id_for(event.trial_id))
+            if event.type == "clock.ticked":
+                wanted.add(TrialClock.id_for(event.trial_id, topic, partition, _clock_day(event)))
+            elif event.participant_id != TRIAL_LEVEL_PARTICIPANT:
+                wanted.add(participant_aggregate_id(event.trial_id, event.participant_id))
+        wanted.difference_update(held)
+        if not wanted:
+            return set()
+        return wanted - self.recorder.existing(wanted)  # type: ignore[attr-defined]
 
     def _tick_may_change(
         self, batch: _Batch, aggregate_id: UUID, trial_id: str, at: datetime
@@ -778,6 +802,11 @@ class _PoisonMessage(Exception):
         self.reason = reason
 
 
+def _clock_day(event: ClinicalEvent) -> str:
+    """The UTC day whose clock a ``clock.ticked`` event ticks (``TrialClock``)."""
+    return event.occurred_at.astimezone(UTC).date().isoformat()
+
+
 class _Batch:
     """The aggregates one batch touches, loaded once each."""
 
@@ -791,6 +820,8 @@ class _Batch:
         self.claims: dict[tuple[str, str], str] = {}
         #: (trial, topic, partition) -> day -> the id of the clock this batch ticked.
         self.clock_days: dict[tuple[str, str, int], dict[str, UUID]] = {}
+        #: Records the store lacked when the batch began (``SafetyMonitoring._absent``).
+        self.absent: set[UUID] = set()
 
     def claim(self, event: ClinicalEvent) -> bool:
         """Whether ``event``'s id is its participant's (contract §1: a repeated
@@ -812,7 +843,7 @@ class _Batch:
         found = self.aggregates.get(aggregate_id)
         if found is None:
             try:
-                found = self.app._load(aggregate_id)
+                found = self._load(aggregate_id)
             except AggregateNotFoundError:
                 found = cls(*args)
             self.aggregates[aggregate_id] = found
@@ -824,7 +855,7 @@ class _Batch:
         if found is None:
             protocol = self.protocol(trial_id)
             try:
-                found = self.app._load(aggregate_id)
+                found = self._load(aggregate_id)
             except AggregateNotFoundError:
                 found = Participant.open(trial_id, participant_id, site_id, protocol)
             else:
@@ -832,13 +863,18 @@ class _Batch:
             self.aggregates[aggregate_id] = found
         return cast(Participant, found)
 
+    def _load(self, aggregate_id: UUID) -> Aggregate:
+        if aggregate_id in self.absent:
+            raise AggregateNotFoundError(aggregate_id)
+        return self.app._load(aggregate_id)
+
     def protocol(self, trial_id: str) -> ProtocolParameters:
         """The trial's activated protocol version, else the configured default."""
         if trial_id not in self.protocols:
             try:
                 # Read only; not copied, so that the same protocol object is handed out
                 # while no other version is activated (``Participant.follow_protocol``).
-                log_ = cast(TrialLog, self.app._load(TrialLog.id_for(trial_id)))
+                log_ = cast(TrialLog, self._load(TrialLog.id_for(trial_id)))
             except AggregateNotFoundError:
                 active = None
             else:

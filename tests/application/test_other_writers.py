@@ -151,3 +151,36 @@ def test_a_tick_reaches_a_record_another_writer_gave_a_wake(two_writers):
     closed = [e.data for e in outcome.derived if e.type == "dlt.window_closed"]
     assert len(closed) == 1
     assert closed[0]["evaluable"] is True
+
+
+def test_a_record_another_writer_creates_while_a_batch_is_applied_is_not_lost(
+    two_writers, monkeypatch
+):
+    """The ingest reads once per batch which of the records it would load the store
+    lacks, and creates those without reading each (``SafetyMonitoring._absent``).
+    Here another writer creates the record just after that read: the first writer's
+    commit must conflict, and its batch be applied again on the stored record. Its
+    fever of 38.4 C on day 1, after the other writer's infusion on day 0, is then CRS
+    grade 1 (ASTCT 2019: fever >= 38 C, no hypotension, no hypoxia); applied to a new
+    record, with no infusion, it would grade nothing."""
+    first, second = two_writers
+    existing = first.recorder.existing
+
+    def created_meanwhile(ids):
+        found = existing(ids)
+        monkeypatch.undo()
+        start = [
+            message(0, "participant.enrolled", day(-7, 8), disease="SLE", dose_level="DL1"),
+            message(1, "infusion.administered", day(0, 8), dose_level="DL1", cells_per_kg=1e6),
+        ]
+        assert second.apply_batch(start, now=NOW).accepted == 2
+        return found
+
+    monkeypatch.setattr(first.recorder, "existing", created_meanwhile)
+    fever = [message(2, "vitals.recorded", day(1, 8), temperature_c=38.4)]
+    outcome = first.apply_batch(fever, now=NOW)
+
+    assert outcome.attempts == 2
+    assert outcome.accepted == 1
+    assert graded(outcome) == [1]
+    assert {"e0", "e1", "e2"} <= first.get_participant(TRIAL, "G79-001").seen
