@@ -458,7 +458,9 @@ class SafetyMonitoring(Application[UUID]):
         if self._current is not None:
             with contextlib.suppress(KeyError):
                 return self._current.get(aggregate_id)
-        aggregate: Aggregate = self.repository.get(aggregate_id, deepcopy_from_cache=False)
+        aggregate: Aggregate = self.repository.get(
+            aggregate_id, deepcopy_from_cache=False, projector_func=_mutate
+        )
         if self._current is not None:
             # One cache holds what the ingest changes in place: the repository's
             # keeps only what other readers of this application load.
@@ -800,6 +802,15 @@ class _PoisonMessage(Exception):
         super().__init__(reason)
         self.position = position
         self.reason = reason
+
+
+def _mutate(aggregate: Aggregate | None, events: Iterable[Any]) -> Aggregate | None:
+    """eventsourcing's ``project_aggregate`` without its per-event assertion that the
+    event can mutate (a runtime ``Protocol`` check, 3 % of applying a batch where
+    records are read back): every event the ingest's aggregates store can."""
+    for event in events:
+        aggregate = event.mutate(aggregate)
+    return aggregate
 
 
 def _clock_day(event: ClinicalEvent) -> str:
