@@ -187,37 +187,33 @@ class SQLiteBatchRecorder(SQLiteProcessRecorder):
         """For each (trial, event id) already stored, the key of its first sender
         (``sender_key``)."""
         by_hash = {event_key(*key): key for key in set(keys)}
-        found: dict[tuple[str, str], str] = {}
-        wanted = sorted(by_hash)
-        with self.datastore.transaction(commit=False) as c:
-            for start in range(0, len(wanted), _CHUNK):
-                chunk = wanted[start : start + _CHUNK]
-                marks = ", ".join("?" * len(chunk))
-                c.execute(
-                    f"SELECT event_key, sender_key FROM {EVENT_IDS_TABLE} "
-                    f"WHERE event_key IN ({marks})",
-                    chunk,
-                )
-                for hashed, sender in c.fetchall():
-                    found[by_hash[hashed]] = sender
-        return found
+        rows = self._rows_in(
+            f"SELECT event_key, sender_key FROM {EVENT_IDS_TABLE} WHERE event_key IN ({{marks}})",
+            sorted(by_hash),
+        )
+        return {by_hash[hashed]: sender for hashed, sender in rows}
 
     def existing(self, ids: Iterable[UUID]) -> set[UUID]:
         """Which of these aggregates the store holds (their first event), in one read
         per ``_CHUNK`` ids rather than one per aggregate."""
-        wanted = sorted({aggregate_id.hex for aggregate_id in ids})
-        found: set[UUID] = set()
+        rows = self._rows_in(
+            f"SELECT originator_id FROM {self.events_table_name} "
+            "WHERE originator_id IN ({marks}) AND originator_version = ?",
+            sorted({aggregate_id.hex for aggregate_id in ids}),
+            Aggregate.INITIAL_VERSION,
+        )
+        return {_uuid(row[0]) for row in rows}
+
+    def _rows_in(self, query: str, values: Sequence[str], *params: object) -> list[Any]:
+        """The rows of ``query`` for ``values``, read ``_CHUNK`` at a time: ``{marks}``
+        in the query stands for one chunk's placeholders, and ``params`` follow them."""
+        rows: list[Any] = []
         with self.datastore.transaction(commit=False) as c:
-            for start in range(0, len(wanted), _CHUNK):
-                chunk = wanted[start : start + _CHUNK]
-                marks = ", ".join("?" * len(chunk))
-                c.execute(
-                    f"SELECT originator_id FROM {self.events_table_name} "
-                    f"WHERE originator_id IN ({marks}) AND originator_version = ?",
-                    [*chunk, Aggregate.INITIAL_VERSION],
-                )
-                found.update(_uuid(row[0]) for row in c.fetchall())
-        return found
+            for start in range(0, len(values), _CHUNK):
+                chunk = values[start : start + _CHUNK]
+                c.execute(query.format(marks=", ".join("?" * len(chunk))), [*chunk, *params])
+                rows.extend(c.fetchall())
+        return rows
 
     def changes_since(self, position: int, limit: int) -> tuple[int, list[tuple[UUID, int]]]:
         """The (originator id, version) of at most ``limit`` events stored after
@@ -264,40 +260,37 @@ class PostgresBatchRecorder(PostgresProcessRecorder):
         """For each (trial, event id) already stored, the key of its first sender
         (``sender_key``)."""
         by_hash = {event_key(*key): key for key in set(keys)}
-        found: dict[tuple[str, str], str] = {}
-        wanted = sorted(by_hash)
-        with self.datastore.transaction(commit=False) as curs:
-            for start in range(0, len(wanted), _CHUNK):
-                curs.execute(
-                    sql.SQL(
-                        "SELECT event_key, sender_key FROM {} WHERE event_key = ANY(%s)"
-                    ).format(self._event_ids),
-                    (wanted[start : start + _CHUNK],),
-                )
-                for row in curs.fetchall():
-                    found[by_hash[row["event_key"]]] = row["sender_key"]
-        return found
+        rows = self._rows_in(
+            sql.SQL("SELECT event_key, sender_key FROM {} WHERE event_key = ANY(%s)").format(
+                self._event_ids
+            ),
+            sorted(by_hash),
+        )
+        return {by_hash[row["event_key"]]: row["sender_key"] for row in rows}
 
     @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
     def existing(self, ids: Iterable[UUID]) -> set[UUID]:
         """Which of these aggregates the store holds (their first event), in one read
         per ``_CHUNK`` ids rather than one per aggregate."""
-        wanted = sorted(set(ids))
-        found: set[UUID] = set()
+        rows = self._rows_in(
+            sql.SQL(
+                "SELECT originator_id FROM {}.{} "
+                "WHERE originator_id = ANY(%s) AND originator_version = %s"
+            ).format(sql.Identifier(self.datastore.schema), sql.Identifier(self.events_table_name)),
+            sorted(set(ids)),
+            Aggregate.INITIAL_VERSION,
+        )
+        return {_uuid(row["originator_id"]) for row in rows}
+
+    def _rows_in(self, query: sql.Composable, values: Sequence[Any], *params: object) -> list[Any]:
+        """The rows of ``query`` for ``values``, read ``_CHUNK`` at a time: one chunk is
+        its first parameter (``= ANY(%s)``), and ``params`` follow it."""
+        rows: list[Any] = []
         with self.datastore.transaction(commit=False) as curs:
-            for start in range(0, len(wanted), _CHUNK):
-                curs.execute(
-                    sql.SQL(
-                        "SELECT originator_id FROM {}.{} "
-                        "WHERE originator_id = ANY(%s) AND originator_version = %s"
-                    ).format(
-                        sql.Identifier(self.datastore.schema),
-                        sql.Identifier(self.events_table_name),
-                    ),
-                    (wanted[start : start + _CHUNK], Aggregate.INITIAL_VERSION),
-                )
-                found.update(_uuid(row["originator_id"]) for row in curs.fetchall())
-        return found
+            for start in range(0, len(values), _CHUNK):
+                curs.execute(query, (values[start : start + _CHUNK], *params))
+                rows.extend(curs.fetchall())
+        return rows
 
     @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
     def changes_since(self, position: int, limit: int) -> tuple[int, list[tuple[UUID, int]]]:
