@@ -52,6 +52,7 @@ from services.bench_harness import (
     check_alive,
     cpu_seconds,
     first_change,
+    median_or_none,
     pipeline_env,
     produce,
     programme_messages,
@@ -87,8 +88,9 @@ class BenchResult:
         (medians of the runs): how much more work, not waiting, each message costs."""
 
         def per_message(rates: list[float], busy: list[float | None]) -> float | None:
-            costs = [b / r for r, b in zip(rates, busy, strict=True) if b is not None]
-            return statistics.median(costs) if costs and len(costs) == len(rates) else None
+            return median_or_none(
+                [None if b is None else b / r for r, b in zip(rates, busy, strict=True)]
+            )
 
         base = per_message(self.baseline_runs, self.baseline_busy_cpus)
         full = per_message(self.full_path_runs, self.full_path_busy_cpus)
@@ -102,7 +104,7 @@ class BenchResult:
         """The ratio the full path would reach with every CPU of the machine busy at
         its CPU time per message, next to the bare loop as measured: what the machine
         allows, however the work were spread over processes."""
-        cpu_ratio, busy = self.cpu_per_message_ratio(), _median(self.baseline_busy_cpus)
+        cpu_ratio, busy = self.cpu_per_message_ratio(), median_or_none(self.baseline_busy_cpus)
         if cpu_ratio is None or not busy:
             return None
         return (os.cpu_count() or 1) / busy / cpu_ratio
@@ -147,11 +149,6 @@ class IngestReport:
     def sustained_max(self, store: str) -> float | None:
         """The full path's median events/s on ``store``."""
         return next((r.full_path_events_per_s for r in self.results if r.store == store), None)
-
-
-def _median(values: list[float | None]) -> float | None:
-    known = [v for v in values if v is not None]
-    return statistics.median(known) if known else None
 
 
 def _baseline(servers: str, topic: str, expected: int) -> tuple[float, float | None]:
@@ -310,7 +307,10 @@ def ingest_table(report: IngestReport) -> Table:
     for column in columns:
         table.add_column(column, justify="right")
     for r in report.results:
-        base_busy, full_busy = _median(r.baseline_busy_cpus), _median(r.full_path_busy_cpus)
+        base_busy, full_busy = (
+            median_or_none(r.baseline_busy_cpus),
+            median_or_none(r.full_path_busy_cpus),
+        )
         cpu_ratio, ceiling = r.cpu_per_message_ratio(), r.ceiling()
         table.add_row(
             r.store,

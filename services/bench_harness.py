@@ -23,6 +23,7 @@ import heapq
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -295,6 +296,13 @@ def rss_bytes(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def median_or_none(values: Sequence[float | None]) -> float | None:
+    """The median of runs' figures; None when there are none or any is unknown (a
+    median of some runs only would not be the runs' median)."""
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known and len(known) == len(values) else None
 
 
 CPUReading = tuple[float, float]

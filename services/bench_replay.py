@@ -43,6 +43,7 @@ from rich.table import Table
 from projections.views import Views
 from services.api import fold_views
 from services.application import SafetyMonitoring
+from services.bench_harness import median_or_none
 from services.bench_store import StorePaths, ensure_store, fill, open_store
 from services.offline import in_memory_application
 from services.replay import replay
@@ -192,10 +193,6 @@ def _time_replays(live: SafetyMonitoring, events: int) -> tuple[float, float, fl
     return baseline, projections, whole
 
 
-def _median(values: list[float]) -> float | None:
-    return statistics.median(values) if values else None
-
-
 def _result(
     store: str, stored: int, runs: int, base_events: int, samples: dict[str, list[float]]
 ) -> ReplayBench:
@@ -207,11 +204,11 @@ def _result(
         rebuild_events_per_s=statistics.median(samples["rebuild"]),
         ratio=statistics.median(samples["ratio"]),
         replay_store_events=base_events or None,
-        replay_baseline_events_per_s=_median(samples["replay_baseline"]),
-        projections_events_per_s=_median(samples["projections"]),
-        projections_ratio=_median(samples["projections_ratio"]),
-        full_events_per_s=_median(samples["full"]),
-        full_ratio=_median(samples["full_ratio"]),
+        replay_baseline_events_per_s=median_or_none(samples["replay_baseline"]),
+        projections_events_per_s=median_or_none(samples["projections"]),
+        projections_ratio=median_or_none(samples["projections_ratio"]),
+        full_events_per_s=median_or_none(samples["full"]),
+        full_ratio=median_or_none(samples["full_ratio"]),
         samples=samples,
     )
 

@@ -37,12 +37,14 @@ from rich.table import Table
 from infra.broker import EmbeddedBroker, ensure_topics
 from services.bench_harness import (
     BenchStore,
+    CPUReading,
     Mix,
     Programme,
     applied,
     busy_cpus,
     check_alive,
     cpu_seconds,
+    median_or_none,
     pipeline_env,
     produce,
     programme_messages,
@@ -91,11 +93,6 @@ class ScalingResult:
             "settled_ratio": self.settled_ratio,
             "target_ratio": TARGET_RATIO,
         }
-
-
-def _median(values: Sequence[float | None]) -> float | None:
-    known = [v for v in values if v is not None]
-    return statistics.median(known) if len(known) == len(values) and known else None
 
 
 class _Admin(KafkaAdminClient):  # type: ignore[misc]
@@ -162,7 +159,7 @@ def _pass(
             with running(["worker"] * workers, env) as children:
                 started = time.perf_counter()
                 first: tuple[float, int] | None = None
-                cpu_at_first: tuple[float, float] | None = None
+                cpu_at_first: CPUReading | None = None
                 settled: tuple[float, int] | None = None
                 next_look = started
                 while True:
@@ -234,10 +231,10 @@ def run_scaling_bench(
         one_worker_events_per_s=statistics.median(p.from_first_commit for p in one),
         many_workers_events_per_s=statistics.median(p.from_first_commit for p in many),
         cpu_count=os.cpu_count(),
-        one_worker_settled_events_per_s=_median([p.from_settled for p in one]),
-        many_workers_settled_events_per_s=_median([p.from_settled for p in many]),
-        one_worker_busy_cpus=_median([p.busy_cpus for p in one]),
-        many_workers_busy_cpus=_median([p.busy_cpus for p in many]),
+        one_worker_settled_events_per_s=median_or_none([p.from_settled for p in one]),
+        many_workers_settled_events_per_s=median_or_none([p.from_settled for p in many]),
+        one_worker_busy_cpus=median_or_none([p.busy_cpus for p in one]),
+        many_workers_busy_cpus=median_or_none([p.busy_cpus for p in many]),
         one_worker_runs=one,
         many_workers_runs=many,
     )
