@@ -26,6 +26,7 @@ from typing import Any
 import faust
 from faust.transport.drivers import aiokafka as faust_kafka
 from faust.types import TP
+from more_itertools import constrained_batches
 
 from infra.kafka import TopicIds
 from infra.metrics import Metrics
@@ -211,15 +212,42 @@ def create_faust_app(
                 )
                 for e in events
             ]
-            outcome = await _apply_until_stored(loop, executor, application, messages, metrics)
-            record_outcome(metrics, outcome, len(messages))
-            _record_lag(app, metrics, outcome)
-            if outcome.rejected:
-                log.info(
-                    "rejected %d message(s): %s", outcome.rejected, dict(outcome.rejected_by_code)
-                )
+            for outcome in await apply_in_transactions(
+                loop, executor, application, messages, metrics, settings.batch_max_bytes
+            ):
+                _record_lag(app, metrics, outcome)
+                if outcome.rejected:
+                    log.info(
+                        "rejected %d message(s): %s",
+                        outcome.rejected,
+                        dict(outcome.rejected_by_code),
+                    )
 
     return app
+
+
+def _size(message: InboundMessage) -> int:
+    return len(message.value or b"") + len(message.key or b"")
+
+
+async def apply_in_transactions(
+    loop: asyncio.AbstractEventLoop,
+    executor: ThreadPoolExecutor,
+    application: SafetyMonitoring,
+    messages: Sequence[InboundMessage],
+    metrics: Metrics,
+    max_bytes: int,
+) -> list[BatchOutcome]:
+    """Apply a batch in order, in transactions of at most ``max_bytes`` of keys and
+    values (a larger message alone): one per batch unless its messages are large.
+    Each is stored with its positions before the next, so a crash between them
+    resumes after the last one stored (``_apply_until_stored``)."""
+    outcomes = []
+    for part in constrained_batches(messages, max_bytes, get_len=_size, strict=False):
+        outcome = await _apply_until_stored(loop, executor, application, part, metrics)
+        record_outcome(metrics, outcome, len(part))
+        outcomes.append(outcome)
+    return outcomes
 
 
 def _record_lag(app: faust.App, metrics: Metrics, outcome: BatchOutcome) -> None:
@@ -266,7 +294,7 @@ async def _resume_positions(
     raise AssertionError("unreachable")
 
 
-def _apply(application: SafetyMonitoring, messages: list[InboundMessage]) -> BatchOutcome:
+def _apply(application: SafetyMonitoring, messages: Sequence[InboundMessage]) -> BatchOutcome:
     return application.apply_batch(messages, now=datetime.now(UTC))
 
 
@@ -274,7 +302,7 @@ async def _apply_until_stored(
     loop: asyncio.AbstractEventLoop,
     executor: ThreadPoolExecutor,
     application: SafetyMonitoring,
-    messages: list[InboundMessage],
+    messages: Sequence[InboundMessage],
     metrics: Metrics,
 ) -> BatchOutcome:
     """Apply a batch until the store takes it: a store failure (lost connection, full
