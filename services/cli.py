@@ -672,6 +672,23 @@ def bench_memory(
     )
 
 
+@bench_app.command("large")
+def bench_large(
+    messages: Annotated[int, typer.Option(help="Messages of the flood.")] = 800,
+    message_kib: Annotated[
+        int, typer.Option(help="Size of each, in KiB (over TOXWATCH_MAX_MESSAGE_BYTES).")
+    ] = 900,
+    runs: Annotated[int, typer.Option(help="Runs (the median is reported).")] = 1,
+    store: Annotated[str, typer.Option(help="sqlite or postgres.")] = "sqlite",
+    out: Annotated[Path | None, typer.Option(help="Write the results as JSON.")] = None,
+) -> None:
+    """The worker's peak RSS on a flood of over-size messages (rejected and kept whole),
+    next to the same flood applied one transaction per batch."""
+    from services.bench_large import run_large_bench
+
+    run_large_bench(messages=messages, message_kib=message_kib, runs=runs, store=store, out=out)
+
+
 @bench_app.command("scaling")
 def bench_scaling(
     participants: Annotated[int, typer.Option(help="Simulated participants.")] = 100,

@@ -88,3 +88,32 @@ def test_bench_all_quick_writes_every_target_with_its_baseline_and_verdict(
     )
     assert shown.returncode == 0, shown.stderr
     assert "→" in shown.stdout and "ratio" in shown.stdout
+
+
+def test_bench_large_measures_the_worker_peak_with_and_without_the_byte_bound(
+    tmp_path: Path,
+) -> None:
+    """``toxwatch bench large``: a flood of over-size messages, applied by the worker
+    with transactions bounded by bytes and one per batch; both peaks measured."""
+    out = tmp_path / "large.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOXWATCH_")}
+    completed = subprocess.run(
+        [
+            toxwatch_executable(),
+            *("bench", "large", "--messages", "40", "--message-kib", "300"),
+            *("--out", str(out)),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert completed.returncode == 0, completed.stdout[-4000:] + completed.stderr[-4000:]
+
+    result = json.loads(out.read_text())
+    assert (result["messages"], result["message_bytes"]) == (40, 300 * 1024)
+    assert result["max_transaction_bytes"] == 16 * 1024 * 1024
+    for figure in ("bounded_peak_rss", "unbounded_peak_rss"):
+        assert len(result[figure]) == 1 and _measured(result[figure][0]), result
+    assert _measured(result["ratio"]), result
+    assert "peak RSS" in completed.stdout
