@@ -164,6 +164,21 @@ def check_pre_infusion(
     )
 
 
+def reads_vitals_at(timeline: Sequence[TimelineEntry], at: datetime) -> bool:
+    """Whether ``check_pre_infusion`` reads vital signs taken at ``at``: only those up
+    to the first infusion (its afebrile window, reference §7); with no infusion
+    recorded, none."""
+    first = next(
+        (
+            e
+            for e in chronological(timeline, ("infusion.administered",))
+            if isinstance(e.data, InfusionAdministered)
+        ),
+        None,
+    )
+    return first is not None and at <= first.at
+
+
 def pre_infusion_deviations(
     timeline: Sequence[TimelineEntry],
     params: PreInfusionParameters,

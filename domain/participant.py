@@ -70,7 +70,7 @@ from domain.dlt import (
     TermCourse,
     evaluate_dlt,
 )
-from domain.gates import Deviation, check_pre_infusion
+from domain.gates import Deviation, check_pre_infusion, reads_vitals_at
 from domain.icaht import ICAHTDerivation, derive_icaht
 from domain.icans import ICANS_INPUT_TYPES, ICANSDerivation, ICANSEpisode, derive_icans
 from domain.protocol import DLTParameters, ProtocolParameters, study_day
@@ -772,7 +772,7 @@ class Participant(Aggregate):
             subject = _ctcae_subject(cause.data) if cause.type not in _FRAME_TYPES else None
             known = known_until(f"subject:{subject}" if subject else "subject:*")
             self._derive_ctcae(timeline, context, known, subject)
-        if "GATES" in systems:
+        if "GATES" in systems and not self._gates_unchanged_by(cause, timeline):
             found.extend(self._derive_gates(timeline, context))
         if "SAE" in systems:
             found.extend(self._derive_sae(timeline, context, as_of))
@@ -991,6 +991,19 @@ class Participant(Aggregate):
             found.extend(q for q in check.questions if owns(q.at))
             self._publish_deviations([d for d in check.deviations if owns(d.at)], context)
         return tuple(found)
+
+    def _gates_unchanged_by(self, cause: ClinicalEvent, timeline: Sequence[TimelineEntry]) -> bool:
+        """True for a vital sign taken after the first infusion, under one protocol
+        version: the pre-infusion gates read only the vital signs up to it (reference
+        §7, ``reads_vitals_at``), and their deviations and questions are published
+        once each, so deriving them again would publish nothing. False when earlier
+        derivations are not reused (the tests compare the two)."""
+        return (
+            self.reuse_earlier_derivations
+            and cause.type == "vitals.recorded"
+            and len(self.parameter_schedule) == 1
+            and not reads_vitals_at(timeline, cause.occurred_at)
+        )
 
     def _publish_deviations(self, deviations: Sequence[Deviation], context: _Context) -> None:
         for deviation in deviations:

@@ -385,3 +385,37 @@ def test_results_before_lymphodepletion_are_baseline_not_toxicity():
         RECEIVED,
     )
     assert of_type(derived(participant), "toxicity.graded") == []
+
+
+def test_a_fever_before_the_infusion_delivered_after_it_is_a_deviation():
+    """Reference §7: an infusion within 48 h of a fever is a protocol deviation (with
+    no lymphodepletion on record, every fever in the window counts). The vital sign of
+    the night before arrives after the infusion and later vital signs: the gate still
+    reads it."""
+    participant = opened()
+    participant.record(
+        clinical("v1", "vitals.recorded", at(1, "06:00"), temperature_c=37.0), RECEIVED
+    )
+    participant.collect_events()
+
+    late = clinical("v0", "vitals.recorded", INFUSION - timedelta(hours=10), temperature_c=38.4)
+    participant.record(late, RECEIVED)
+
+    deviations = of_type(derived(participant), "protocol.deviation")
+    assert [d["data"]["rule"] for d in deviations] == ["infusion_within_48h_of_fever"]
+    assert "v0" in deviations[0]["caused_by"]
+
+
+def test_a_fever_after_the_infusion_is_no_pre_infusion_deviation():
+    """Reference §7: the gate's window ends at the infusion; a fever on D+1 is CRS
+    (ASTCT 2019: grade 1, fever only), not a deviation."""
+    participant = opened()
+    participant.collect_events()
+
+    participant.record(
+        clinical("v1", "vitals.recorded", at(1, "06:00"), temperature_c=38.9), RECEIVED
+    )
+
+    events = derived(participant)
+    assert of_type(events, "protocol.deviation") == []
+    assert [e["data"]["grade"] for e in of_type(events, "crs.graded")] == [1]
