@@ -292,10 +292,19 @@ def check_alive(children: Sequence[subprocess.Popen[bytes]]) -> None:
 
 def rss_bytes(pid: int) -> int:
     """Resident set size of a process (Linux ``/proc``)."""
+    return _status_bytes(pid, "VmRSS")
+
+
+def peak_rss_bytes(pid: int) -> int:
+    """The largest resident set size of a process so far (Linux ``/proc``)."""
+    return _status_bytes(pid, "VmHWM")
+
+
+def _status_bytes(pid: int, field: str) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no VmRSS for process {pid}")
+    raise RuntimeError(f"no {field} for process {pid}")
 
 
 def median_or_none(values: Sequence[float | None]) -> float | None:

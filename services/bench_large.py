@@ -34,6 +34,7 @@ from services.bench_harness import (
     BenchStore,
     applied,
     check_alive,
+    peak_rss_bytes,
     pipeline_env,
     running,
     topics_of,
@@ -96,14 +97,6 @@ def produce_flood(servers: str, topic: str, count: int, size: int) -> int:
     return count
 
 
-def peak_rss_bytes(pid: int) -> int:
-    """The process's peak resident set so far (Linux ``/proc``: ``VmHWM``)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no VmHWM for process {pid}")
-
-
 def _worker_peak(
     servers: str, topic: str, expected: int, store: str, workdir: Path, max_bytes: int
 ) -> int:
@@ -114,16 +107,13 @@ def _worker_peak(
         }
         try:
             with running(("worker",), env) as children:
-                peak = 0
 
                 def done() -> bool:
-                    nonlocal peak
                     check_alive(children)
-                    peak = max(peak, peak_rss_bytes(children[0].pid))
                     return applied(app, topic, PARTITIONS) >= expected
 
                 wait_for(done, timeout=1800, interval=0.1)
-                return max(peak, peak_rss_bytes(children[0].pid))
+                return peak_rss_bytes(children[0].pid)  # the peak of its whole run
         finally:
             app.close()
 

@@ -36,18 +36,19 @@ def _measured(value: object) -> bool:
     return isinstance(value, int | float) and math.isfinite(value) and value > 0
 
 
+def _toxwatch(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """``toxwatch args`` with no ToxWatch setting of the caller's environment."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOXWATCH_")}
+    return subprocess.run(
+        [toxwatch_executable(), *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
 def test_bench_all_quick_writes_every_target_with_its_baseline_and_verdict(
     postgres_schemas: Callable[[], str], tmp_path: Path
 ) -> None:
     out = tmp_path / "bench.json"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TOXWATCH_")}
-    completed = subprocess.run(
-        [toxwatch_executable(), "bench", "all", "--quick", "--out", str(out)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    completed = _toxwatch("bench", "all", "--quick", "--out", str(out))
     assert completed.returncode == 0, completed.stdout[-4000:] + completed.stderr[-4000:]
 
     report = json.loads(out.read_text())
@@ -79,13 +80,7 @@ def test_bench_all_quick_writes_every_target_with_its_baseline_and_verdict(
     ), alerts
     assert "measured" in completed.stdout and "baseline" in completed.stdout
 
-    shown = subprocess.run(
-        [toxwatch_executable(), "bench", "show", str(out), str(out)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    shown = _toxwatch("bench", "show", str(out), str(out), timeout=60)
     assert shown.returncode == 0, shown.stderr
     assert "→" in shown.stdout and "ratio" in shown.stdout
 
@@ -96,17 +91,8 @@ def test_bench_large_measures_the_worker_peak_with_and_without_the_byte_bound(
     """``toxwatch bench large``: a flood of over-size messages, applied by the worker
     with transactions bounded by bytes and one per batch; both peaks measured."""
     out = tmp_path / "large.json"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TOXWATCH_")}
-    completed = subprocess.run(
-        [
-            toxwatch_executable(),
-            *("bench", "large", "--messages", "40", "--message-kib", "300"),
-            *("--out", str(out)),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    completed = _toxwatch(
+        "bench", "large", "--messages", "40", "--message-kib", "300", "--out", str(out)
     )
     assert completed.returncode == 0, completed.stdout[-4000:] + completed.stderr[-4000:]
 
