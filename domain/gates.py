@@ -138,7 +138,7 @@ def check_pre_infusion(
     def of(kind: str) -> Sequence[TimelineEntry]:
         return chronological(timeline, (kind,))
 
-    infusions = [e for e in of("infusion.administered") if isinstance(e.data, InfusionAdministered)]
+    infusions = _infusions(timeline)
     deviations: list[Deviation] = []
     if infusions:
         first = infusions[0]
@@ -168,15 +168,17 @@ def reads_vitals_at(timeline: Sequence[TimelineEntry], at: datetime) -> bool:
     """Whether ``check_pre_infusion`` reads vital signs taken at ``at``: only those up
     to the first infusion (its afebrile window, reference §7); with no infusion
     recorded, none."""
-    first = next(
-        (
-            e
-            for e in chronological(timeline, ("infusion.administered",))
-            if isinstance(e.data, InfusionAdministered)
-        ),
-        None,
-    )
-    return first is not None and at <= first.at
+    infusions = _infusions(timeline)
+    return bool(infusions) and at <= infusions[0].at
+
+
+def _infusions(timeline: Sequence[TimelineEntry]) -> list[TimelineEntry]:
+    """The infusions in clinical order: the gates are checked at the first."""
+    return [
+        e
+        for e in chronological(timeline, ("infusion.administered",))
+        if isinstance(e.data, InfusionAdministered)
+    ]
 
 
 def pre_infusion_deviations(
